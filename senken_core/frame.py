@@ -1,0 +1,132 @@
+"""The serial line protocol between sensor firmware and the edge agent.
+
+One frame per line, ASCII, at most :data:`MAX_FRAME_BYTES` bytes including the line end::
+
+    $SK1,<counter>,<device_ms>,<kind>,<channel>=<int>,...*<CRC32>\\r\\n
+
+* ``SK1``: protocol version 1.
+* ``counter``: the firmware's frame counter, decimal, 0 .. 2^32-1; 0 after a firmware boot,
+  then +1 per frame.
+* ``device_ms``: the firmware's real-time clock, Unix milliseconds, decimal.
+* ``kind``: a sensor kind (:mod:`senken_core.sensors`), lower case.
+* ``channel=int``: every channel of that kind exactly once, in the kind's order, as a
+  decimal integer (optional leading ``-``) in the channel's unit.
+* ``CRC32``: CRC-32/ISO-HDLC (zlib.crc32) of the bytes strictly between ``$`` and ``*``, as
+  8 upper-case hexadecimal digits.
+
+:func:`parse_frame` checks syntax and checksum; :func:`validate_frame` checks the values
+against the kind's channels. Both raise :class:`FrameError` with a stable ``reason``.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from senken_core.errors import FrameError
+from senken_core.sensors import SENSOR_KINDS, SensorKind
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_TAG",
+    "Frame",
+    "encode_frame",
+    "frame_checksum",
+    "parse_frame",
+    "validate_frame",
+]
+
+PROTOCOL_TAG = "SK1"
+MAX_FRAME_BYTES = 256
+_U32 = 2**32
+_INT = re.compile(rb"-?(0|[1-9][0-9]{0,18})\Z")
+_UINT = re.compile(rb"(0|[1-9][0-9]{0,18})\Z")
+_NAME = re.compile(rb"[a-z][a-z0-9_]{0,31}\Z")
+_HEX8 = re.compile(rb"[0-9A-F]{8}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A parsed frame: ``values`` are ``(channel, value)`` pairs in frame order."""
+
+    counter: int
+    device_ms: int
+    kind: str
+    values: tuple[tuple[str, int], ...]
+
+
+def frame_checksum(body: bytes) -> str:
+    """The frame checksum of ``body`` (the bytes between ``$`` and ``*``)."""
+    return f"{zlib.crc32(body) & 0xFFFFFFFF:08X}"
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Return the wire bytes of ``frame``, line end included."""
+    fields = [PROTOCOL_TAG, str(frame.counter), str(frame.device_ms), frame.kind]
+    fields.extend(f"{name}={value}" for name, value in frame.values)
+    body = ",".join(fields).encode("ascii")
+    return b"$" + body + b"*" + frame_checksum(body).encode("ascii") + b"\r\n"
+
+
+def parse_frame(line: bytes) -> Frame:
+    """Parse one line into a :class:`Frame`, checking syntax and checksum only.
+
+    Raises :class:`FrameError` with reason ``too_long``, ``syntax``, ``checksum`` or ``version``.
+    """
+    if len(line) > MAX_FRAME_BYTES:
+        raise FrameError("too_long", f"{len(line)} bytes, limit {MAX_FRAME_BYTES}", line[:64])
+    text = line.rstrip(b"\r\n")
+    start = text.rfind(b"$")
+    if start < 0:
+        raise FrameError("syntax", "no '$' start marker", line)
+    star = text.rfind(b"*")
+    if star < start:
+        raise FrameError("syntax", "no '*' checksum marker", line)
+    body, crc = text[start + 1 : star], text[star + 1 :]
+    if not _HEX8.match(crc):
+        raise FrameError("syntax", "checksum is not 8 upper-case hex digits", line)
+    if frame_checksum(body) != crc.decode("ascii"):
+        raise FrameError("checksum", f"checksum mismatch (frame says {crc.decode()})", line)
+    fields = body.split(b",")
+    if len(fields) < 5:
+        raise FrameError("syntax", f"{len(fields)} fields, need at least 5", line)
+    if fields[0] != PROTOCOL_TAG.encode():
+        raise FrameError("version", f"unknown protocol {fields[0]!r}", line)
+    if not _UINT.match(fields[1]) or int(fields[1]) >= _U32:
+        raise FrameError("syntax", "counter is not an integer in 0..2^32-1", line)
+    if not _UINT.match(fields[2]):
+        raise FrameError("syntax", "device_ms is not a non-negative integer", line)
+    if not _NAME.match(fields[3]):
+        raise FrameError("syntax", "sensor kind is not a lower-case name", line)
+    values: list[tuple[str, int]] = []
+    for field in fields[4:]:
+        name, sep, raw = field.partition(b"=")
+        if not sep or not _NAME.match(name) or not _INT.match(raw):
+            raise FrameError("syntax", f"channel field {field[:40]!r} is not name=integer", line)
+        values.append((name.decode("ascii"), int(raw)))
+    return Frame(int(fields[1]), int(fields[2]), fields[3].decode("ascii"), tuple(values))
+
+
+def validate_frame(frame: Frame) -> SensorKind:
+    """Check ``frame`` against its sensor kind: known kind, every channel once, values in range.
+
+    Returns the :class:`SensorKind`; raises :class:`FrameError` with reason ``unknown_kind``,
+    ``channels`` or ``range``.
+    """
+    kind = SENSOR_KINDS.get(frame.kind)
+    if kind is None:
+        raise FrameError("unknown_kind", f"sensor kind {frame.kind!r} is not known")
+    names = tuple(name for name, _ in frame.values)
+    if names != kind.channel_names:
+        raise FrameError(
+            "channels", f"{frame.kind} needs channels {kind.channel_names}, frame has {names}"
+        )
+    for channel, (_, value) in zip(kind.channels, frame.values, strict=True):
+        if not channel.minimum <= value <= channel.maximum:
+            raise FrameError(
+                "range",
+                f"{channel.name}={value} {channel.unit} outside "
+                f"[{channel.minimum}, {channel.maximum}]",
+            )
+    return kind

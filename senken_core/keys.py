@@ -1,0 +1,109 @@
+"""Device keys (Ed25519) and domain-separated signatures.
+
+A signature never covers raw bytes: it covers ``tag || SHA-256(canonical bytes)``, where the
+tag names the kind of message (:data:`READING_TAG`, ...). A signature made for one kind of
+message can therefore never verify as another (see docs/protocol.md, "Signatures").
+
+Key files hold the 32-byte Ed25519 seed in hex under a one-line header, are created with mode
+0600 in one atomic step, and are refused when group or others can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from senken_core.errors import KeyFileError, SignatureError
+
+__all__ = [
+    "READING_TAG",
+    "DeviceKey",
+    "check_key_file",
+    "signing_message",
+    "verify_signature",
+]
+
+READING_TAG = b"senken/reading/v1\x00"
+_HEADER = "senken-ed25519-seed-v1"
+
+
+def signing_message(tag: bytes, body: bytes) -> bytes:
+    """The bytes actually signed for ``body`` under domain ``tag``."""
+    return tag + hashlib.sha256(body).digest()
+
+
+def verify_signature(public_key: bytes, tag: bytes, body: bytes, signature: bytes) -> None:
+    """Raise :class:`SignatureError` unless ``signature`` is ``public_key``'s over (tag, body)."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signing_message(tag, body), signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError) as exc:
+        raise SignatureError("signature does not verify against the device key") from exc
+
+
+def check_key_file(path: Path) -> os.stat_result:
+    """Stat ``path`` and refuse it unless it is a regular file only its owner can read."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(path, "does not exist; run `senken edge init` first") from None
+    except PermissionError:
+        raise KeyFileError(path, "permission denied; run the agent as the key's owner") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(path, "is not a regular file")
+    if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        raise KeyFileError(
+            path, f"is readable by group or others (mode {mode:04o}); fix it with: chmod 600 {path}"
+        )
+    return info
+
+
+class DeviceKey:
+    """An Ed25519 signing key that lives on one device and never leaves it."""
+
+    __slots__ = ("_signing", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        self._signing = nacl.signing.SigningKey(seed)
+        self.public_key: bytes = bytes(self._signing.verify_key)
+
+    @classmethod
+    def generate(cls) -> DeviceKey:
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    def sign(self, tag: bytes, body: bytes) -> bytes:
+        """The 64-byte signature over ``tag || SHA-256(body)``."""
+        return self._signing.sign(signing_message(tag, body)).signature
+
+    def save(self, path: Path) -> None:
+        """Write the key to ``path`` with mode 0600; refuses to overwrite an existing key."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = f"{_HEADER}\n{bytes(self._signing).hex()}\n".encode("ascii")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeyFileError(path, "already exists; a device key is never overwritten") from None
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def load(cls, path: Path) -> DeviceKey:
+        """Load a key saved by :meth:`save`, refusing files that others could read."""
+        check_key_file(path)
+        try:
+            header, hex_seed = path.read_text("ascii").split()
+            seed = bytes.fromhex(hex_seed)
+        except (ValueError, UnicodeDecodeError):
+            raise KeyFileError(path, "is not a Senken key file (corrupt?)") from None
+        if header != _HEADER or len(seed) != 32:
+            raise KeyFileError(path, "is not a Senken Ed25519 key file")
+        return cls(seed)

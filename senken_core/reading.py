@@ -1,0 +1,226 @@
+"""Signed readings: the unit of evidence, from the device to the chain.
+
+A :class:`Reading` is encoded to canonical bytes (:mod:`senken_core.canonical`, a CBOR map)
+and signed by the device key over ``READING_TAG || SHA-256(body)``. The pair travels as a
+:class:`SignedReading`; verifiers check the signature over the received body bytes and decode
+the body strictly, so the bytes mean exactly one reading. Several signed readings travel in one
+MQTT message (:func:`encode_batch`), which matters when a device drains a backlog.
+
+The reading's identity is ``(device, seq)``: ``seq`` is the agent's sequence number, reserved
+durably before signing so it is never reused, even after a crash or power cut.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from senken_core import canonical
+from senken_core.errors import EncodingError, PayloadError
+from senken_core.keys import READING_TAG, DeviceKey, verify_signature
+from senken_core.sensors import SENSOR_KINDS
+
+__all__ = [
+    "DEVICE_ID_PATTERN",
+    "MAX_BATCH_READINGS",
+    "READING_SCHEMA",
+    "Reading",
+    "SignedReading",
+    "decode_batch",
+    "encode_batch",
+]
+
+READING_SCHEMA = 1
+MAX_BATCH_READINGS = 512
+DEVICE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{2,62}\Z")
+_U63 = 2**63
+_BATCH_SCHEMA = 1
+_FIELDS = frozenset(
+    {
+        "v",
+        "device",
+        "seq",
+        "ts_ms",
+        "kind",
+        "frame_counter",
+        "device_ms",
+        "values",
+        "model_sha256",
+        "anomaly_ppm",
+    }
+)
+
+
+def _int(n: int) -> bytes:
+    return canonical.encode_head(0, n) if n >= 0 else canonical.encode_head(1, -1 - n)
+
+
+# Keys of the reading map in canonical order (RFC 8949 4.2.1: bytewise order of encoded keys).
+_READING_PREFIX = canonical.encode_head(5, len(_FIELDS)) + canonical.encode("v")
+_K_SEQ, _K_KIND, _K_TS, _K_DEVICE, _K_VALUES = (
+    canonical.encode(k) for k in ("seq", "kind", "ts_ms", "device", "values")
+)
+_K_DEVICE_MS, _K_ANOMALY, _K_MODEL, _K_FRAME_COUNTER = (
+    canonical.encode(k) for k in ("device_ms", "anomaly_ppm", "model_sha256", "frame_counter")
+)
+_ORDER_CACHE: dict[tuple[str, ...], tuple[tuple[bytes, str], ...]] = {}
+
+
+def _value_order(names: tuple[str, ...]) -> tuple[tuple[bytes, str], ...]:
+    order = _ORDER_CACHE.get(names)
+    if order is None:
+        if len(set(names)) != len(names):
+            raise EncodingError(f"duplicate channel in {names}")
+        order = tuple(sorted((canonical.encode(n), n) for n in names))
+        if len(_ORDER_CACHE) < 1024:
+            _ORDER_CACHE[names] = order
+    return order
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sensor reading as the device signs it.
+
+    ``values`` are ``(channel, integer)`` pairs; ``anomaly_ppm`` is the model's score in
+    millionths (0 = normal, 1_000_000 = certainly anomalous) from the model whose file hashes
+    to ``model_sha256``.
+    """
+
+    device: str
+    seq: int
+    ts_ms: int
+    kind: str
+    frame_counter: int
+    device_ms: int
+    values: tuple[tuple[str, int], ...]
+    model_sha256: bytes
+    anomaly_ppm: int
+
+    def canonical(self) -> bytes:
+        """The canonical body bytes that are signed.
+
+        A hand-unrolled form of ``canonical.encode`` of the reading map (it is on the agent's
+        hot path); a property test checks both give the same bytes.
+        """
+        head = canonical.encode_head
+        order = _value_order(tuple(name for name, _ in self.values))
+        values = dict(self.values)
+        parts = [_READING_PREFIX, _int(READING_SCHEMA), _K_SEQ, _int(self.seq), _K_KIND]
+        kind = self.kind.encode("utf-8")
+        parts += (head(3, len(kind)), kind, _K_TS, _int(self.ts_ms), _K_DEVICE)
+        device = self.device.encode("utf-8")
+        parts += (head(3, len(device)), device, _K_VALUES, head(5, len(order)))
+        for key_bytes, name in order:
+            parts += (key_bytes, _int(values[name]))
+        parts += (_K_DEVICE_MS, _int(self.device_ms), _K_ANOMALY, _int(self.anomaly_ppm))
+        parts += (_K_MODEL, head(2, len(self.model_sha256)), self.model_sha256)
+        parts += (_K_FRAME_COUNTER, _int(self.frame_counter))
+        return b"".join(parts)
+
+    @classmethod
+    def from_canonical(cls, body: bytes) -> Reading:
+        """Decode and check a body; raises :class:`EncodingError` naming the bad field."""
+        obj = canonical.decode(body)
+        if not isinstance(obj, dict) or set(obj) != _FIELDS:
+            raise EncodingError("reading body is not a map with exactly the reading fields")
+        if obj["v"] != READING_SCHEMA:
+            raise EncodingError(f"unknown reading schema {obj['v']!r}")
+        device, raw_values, model, kind_name = (
+            obj["device"],
+            obj["values"],
+            obj["model_sha256"],
+            obj["kind"],
+        )
+        if not isinstance(device, str) or not DEVICE_ID_PATTERN.match(device):
+            raise EncodingError("device is not a valid device id")
+        ints: dict[str, int] = {}
+        for name in ("seq", "ts_ms", "frame_counter", "device_ms", "anomaly_ppm"):
+            v = obj[name]
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _U63:
+                raise EncodingError(f"{name} is not a non-negative 63-bit integer")
+            ints[name] = v
+        if ints["anomaly_ppm"] > 1_000_000:
+            raise EncodingError("anomaly_ppm is not an integer in 0..1000000")
+        if not isinstance(kind_name, str):
+            raise EncodingError("kind is not a text string")
+        if not isinstance(model, bytes) or len(model) != 32:
+            raise EncodingError("model_sha256 is not 32 bytes")
+        if not isinstance(raw_values, dict):
+            raise EncodingError("values is not a map of channel to integer")
+        values: dict[str, int] = {}
+        for channel, v in raw_values.items():
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise EncodingError(f"value of channel {channel!r} is not an integer")
+            values[channel] = v
+        kind = SENSOR_KINDS.get(kind_name)
+        if kind is not None and set(values) == set(kind.channel_names):
+            # Canonical order sorts channel names; restore the kind's own channel order.
+            ordered = tuple((name, values[name]) for name in kind.channel_names)
+        else:
+            ordered = tuple(values.items())
+        return cls(
+            device=device,
+            seq=ints["seq"],
+            ts_ms=ints["ts_ms"],
+            kind=kind_name,
+            frame_counter=ints["frame_counter"],
+            device_ms=ints["device_ms"],
+            values=ordered,
+            model_sha256=model,
+            anomaly_ppm=ints["anomaly_ppm"],
+        )
+
+    def sign(self, key: DeviceKey) -> SignedReading:
+        body = self.canonical()
+        return SignedReading(body, key.sign(READING_TAG, body))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedReading:
+    """Canonical reading bytes and the device's Ed25519 signature over them."""
+
+    body: bytes
+    signature: bytes
+
+    def verify(self, public_key: bytes) -> Reading:
+        """Verify the signature, then decode; raises SignatureError or EncodingError."""
+        verify_signature(public_key, READING_TAG, self.body, self.signature)
+        return Reading.from_canonical(self.body)
+
+
+def encode_batch(readings: Sequence[SignedReading]) -> bytes:
+    """One MQTT payload carrying ``readings`` (1..MAX_BATCH_READINGS), oldest first."""
+    if not 1 <= len(readings) <= MAX_BATCH_READINGS:
+        raise PayloadError(f"a batch holds 1..{MAX_BATCH_READINGS} readings, not {len(readings)}")
+    return canonical.encode(
+        {"v": _BATCH_SCHEMA, "readings": [[r.body, r.signature] for r in readings]}
+    )
+
+
+def decode_batch(payload: bytes) -> list[SignedReading]:
+    """Split an MQTT payload into signed readings (signatures are not checked here).
+
+    Raises :class:`PayloadError` with what is wrong; never anything else.
+    """
+    try:
+        obj = canonical.decode(payload)
+    except EncodingError as exc:
+        raise PayloadError(f"payload is not canonical CBOR: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("v") != _BATCH_SCHEMA or set(obj) != {"v", "readings"}:
+        raise PayloadError("payload is not a version-1 reading batch")
+    items = obj["readings"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_READINGS:
+        raise PayloadError(f"a batch holds 1..{MAX_BATCH_READINGS} readings")
+    out: list[SignedReading] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], bytes)
+            or not isinstance(item[1], bytes)
+            or len(item[1]) != 64
+        ):
+            raise PayloadError("batch entry is not [body bytes, 64-byte signature]")
+        out.append(SignedReading(item[0], item[1]))
+    return out
