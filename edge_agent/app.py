@@ -1,0 +1,135 @@
+"""The edge agent's composition root: builds every part from the config and runs them.
+
+Threads and what flows between them::
+
+    serial port --lines--> [serial thread: SerialSource -> ReadingPipeline] --commit--> outbox
+                                                                                      |
+    broker <--QoS 1 batches-- [publisher thread: Publisher] <--peek / delete on ack---+
+                              (paho network thread: callbacks -> acked list, wake event)
+
+The main thread waits for SIGINT/SIGTERM and writes status.json about once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config import EdgeConfig
+from edge_agent.outbox import Outbox
+from edge_agent.pipeline import ReadingPipeline, Scorer
+from edge_agent.publisher import Publisher
+from edge_agent.serial_source import SerialSource
+from edge_agent.stats import AgentStats, write_status
+from senken_core.anomaly import AnomalyModel, ReadingScorer
+from senken_core.keys import DeviceKey
+from senken_core.sensors import sensor_kind
+
+__all__ = ["AGENT_VERSION", "EdgeAgent", "load_model"]
+
+AGENT_VERSION = "0.1.0"
+log = logging.getLogger(__name__)
+
+
+def load_model(cfg: EdgeConfig) -> AnomalyModel:
+    expected = bytes.fromhex(cfg.model.sha256) if cfg.model.sha256 else None
+    return AnomalyModel.load(cfg.model.path, expected_sha256=expected)
+
+
+@dataclass
+class EdgeAgent:
+    """One running agent. ``start`` returns once its threads run; ``stop`` joins them."""
+
+    cfg: EdgeConfig
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.stop_event = threading.Event()
+        self.stats = AgentStats()
+        self.key = DeviceKey.load(cfg.key_path)
+        self.model = load_model(cfg)
+        self.outbox = Outbox(cfg.outbox_path, cfg.outbox.max_readings)
+
+        def scorer_for_kind(kind: str) -> Scorer:
+            return ReadingScorer(self.model, sensor_kind(kind).channels)
+
+        self.pipeline = ReadingPipeline(
+            device_id=cfg.device_id,
+            key=self.key,
+            outbox=self.outbox,
+            scorer_for_kind=scorer_for_kind,
+            model_sha256=self.model.sha256,
+            stats=self.stats,
+            expected_kind=cfg.serial.kind,
+            max_clock_skew_ms=int(cfg.max_clock_skew_s * 1000),
+        )
+        self.source = SerialSource(cfg.serial.port, cfg.serial.baudrate, self.pipeline.process,
+                                   self.stats, self.stop_event)
+        self.publisher = Publisher(cfg, self.outbox, self.stats, self.stop_event,
+                                   self.identity)
+        self._threads: list[threading.Thread] = []
+        self._last_status = 0.0
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "device": self.cfg.device_id,
+            "agent_version": AGENT_VERSION,
+            "model_sha256": self.model.sha256.hex(),
+            "public_key": self.key.public_key.hex(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {**self.identity(), **self.stats.snapshot(), "pid": os.getpid(),
+                "outbox_depth": self.outbox.depth, "updated_ms": int(time.time() * 1000)}
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status >= 1.0:
+            self._last_status = now
+            try:
+                write_status(self.cfg.status_path, self.status())
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.cfg.status_path, exc)
+
+    def _wake_publisher(self, lines: Any) -> int:
+        stored = self.pipeline.process(lines)
+        if stored:
+            self.publisher.wake.set()
+        return stored
+
+    def start(self) -> None:
+        self.source.handle = self._wake_publisher
+        for name, target in (("serial", self.source.run),
+                             ("publisher", lambda: self.publisher.run(self._tick))):
+            thread = threading.Thread(target=target, name=f"senken-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("agent %s started: device %s, port %s, broker %s:%s, outbox depth %d",
+                 AGENT_VERSION, self.cfg.device_id, self.cfg.serial.port, self.cfg.mqtt.host,
+                 self.cfg.mqtt.port, self.outbox.depth)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.publisher.wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.stats.serial_state = "stopped"
+        self._last_status = 0.0
+        self._tick()
+        self.outbox.close()
+
+    def run_forever(self) -> None:
+        """Run until SIGINT or SIGTERM."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.start()
+        try:
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()

@@ -1,0 +1,173 @@
+"""From serial lines to signed readings in the outbox.
+
+For each batch of lines read from the port (one line per frame), :class:`ReadingPipeline`:
+
+1. parses and validates every frame (checksum, syntax, kind, channels, ranges), then checks
+   the firmware frame counter is monotonic (a lower or equal counter is a replay or a duplicate
+   and is rejected; 0 marks a firmware boot; a jump forward counts the frames missed);
+2. scores the accepted frames with the anomaly model, one model call for the whole batch;
+3. reserves sequence numbers durably, signs each reading, and commits the batch to the outbox.
+
+A bad frame is counted by reason and logged; it never stops the batch or the agent. When the
+outbox is full, the newest frames are refused before signing (counted as ``outbox_full``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from edge_agent.outbox import Outbox
+from edge_agent.stats import AgentStats
+from senken_core.errors import FrameError
+from senken_core.frame import Frame, parse_frame, validate_frame
+from senken_core.keys import DeviceKey
+from senken_core.reading import Reading
+
+__all__ = ["ReadingPipeline", "Scorer"]
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """Scores rows of channel values (in the kind's channel order) in ppm, in feed order."""
+
+    def score(self, rows: Sequence[Sequence[int]]) -> list[int]: ...
+
+
+class ReadingPipeline:
+    """Turns frames into durable signed readings. Not thread-safe: one reader thread."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        key: DeviceKey,
+        outbox: Outbox,
+        scorer_for_kind: Callable[[str], Scorer],
+        model_sha256: bytes,
+        stats: AgentStats,
+        expected_kind: str | None = None,
+        max_clock_skew_ms: int = 120_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self.key = key
+        self.outbox = outbox
+        self.model_sha256 = model_sha256
+        self.stats = stats
+        self.expected_kind = expected_kind
+        self.max_clock_skew_ms = max_clock_skew_ms
+        self.clock = clock
+        self._scorer_for_kind = scorer_for_kind
+        self._scorers: dict[str, Scorer] = {}
+        self._last_counter = outbox.last_frame_counter()
+        self._skewed = False
+
+    def _reject(self, reason: str, message: str, raw: bytes) -> None:
+        self.stats.frames_rejected[reason] += 1
+        self.stats.error(f"bad frame ({reason}): {message}")
+        log.warning("rejected frame (%s): %s: %r", reason, message, raw[:80])
+
+    def _accept_counter(self, frame: Frame, raw: bytes) -> bool:
+        last = self._last_counter
+        if last is not None:
+            if frame.counter == 0 and last != 0:
+                self.stats.firmware_reboots += 1
+                log.info("firmware restarted (frame counter back to 0 after %d)", last)
+            elif frame.counter <= last:
+                self._reject(
+                    "counter_regressed",
+                    f"frame counter {frame.counter} not above {last} (duplicate or replay)",
+                    raw,
+                )
+                return False
+            elif frame.counter > last + 1:
+                self.stats.frames_missed += frame.counter - last - 1
+        self._last_counter = frame.counter
+        return True
+
+    def _check_clock(self, frame: Frame, now_ms: int) -> None:
+        skew = frame.device_ms - now_ms
+        if abs(skew) > self.max_clock_skew_ms:
+            self.stats.clock_skew_frames += 1
+            if not self._skewed:
+                self._skewed = True
+                self.stats.error(f"device clock off by {skew / 1000:+.1f} s; readings keep "
+                                 "the agent's time, device time is recorded as device_ms")
+                log.warning("device clock jumped: %+d ms from the agent clock", skew)
+        elif self._skewed:
+            self._skewed = False
+            log.info("device clock back within %d ms of the agent clock", self.max_clock_skew_ms)
+
+    def process(self, lines: Sequence[bytes]) -> int:
+        """Handle one batch of raw lines; returns the number of readings stored."""
+        now_ms = int(self.clock() * 1000)
+        accepted: list[Frame] = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                frame = parse_frame(raw)
+                validate_frame(frame)
+            except FrameError as exc:
+                self._reject(exc.reason, str(exc), raw)
+                continue
+            if self.expected_kind is not None and frame.kind != self.expected_kind:
+                self._reject("wrong_kind", f"expected {self.expected_kind}, got {frame.kind}", raw)
+                continue
+            if not self._accept_counter(frame, raw):
+                continue
+            self._check_clock(frame, now_ms)
+            accepted.append(frame)
+        if not accepted:
+            return 0
+        self.stats.frames_ok += len(accepted)
+        free = self.outbox.free_slots()
+        if len(accepted) > free:
+            refused = len(accepted) - free
+            self.stats.readings_refused_full += refused
+            self.stats.error(f"outbox full ({self.outbox.max_readings} readings): "
+                             f"{refused} newest readings refused; check the broker link")
+            log.error("outbox full: refusing %d readings", refused)
+            accepted = accepted[:free]
+            if not accepted:
+                return 0
+        return self._store(accepted, now_ms)
+
+    def _store(self, frames: list[Frame], now_ms: int) -> int:
+        scores: list[int] = []
+        start = 0
+        # One model call per run of frames of the same kind (a port carries one kind).
+        while start < len(frames):
+            kind = frames[start].kind
+            end = start
+            while end < len(frames) and frames[end].kind == kind:
+                end += 1
+            scorer = self._scorers.get(kind)
+            if scorer is None:
+                scorer = self._scorers[kind] = self._scorer_for_kind(kind)
+            scores += scorer.score([[v for _, v in f.values] for f in frames[start:end]])
+            start = end
+        first_seq = self.outbox.reserve(len(frames))
+        rows = []
+        for i, (frame, score) in enumerate(zip(frames, scores, strict=True)):
+            reading = Reading(
+                device=self.device_id,
+                seq=first_seq + i,
+                ts_ms=now_ms,
+                kind=frame.kind,
+                frame_counter=frame.counter,
+                device_ms=frame.device_ms,
+                values=frame.values,
+                model_sha256=self.model_sha256,
+                anomaly_ppm=score,
+            )
+            signed = reading.sign(self.key)
+            rows.append((reading.seq, signed.body, signed.signature))
+        self.outbox.append(rows, self._last_counter)
+        self.stats.readings_signed += len(rows)
+        self.stats.last_reading_ms = now_ms
+        return len(rows)

@@ -1,0 +1,125 @@
+"""Reads frames from the serial port and feeds the pipeline; survives unplug and replug.
+
+Runs on a thread of its own (pyserial is blocking). When the port is missing or fails (a USB
+adapter pulled out), it says so once, clearly, retries with capped backoff, and says when the
+port is back. Lines longer than a frame are discarded as garbage, counted, and never grow the
+buffer without bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import serial
+
+from edge_agent.stats import AgentStats
+from senken_core.frame import MAX_FRAME_BYTES
+
+__all__ = ["SerialSource", "describe_serial_error"]
+
+log = logging.getLogger(__name__)
+_MAX_LINES_PER_BATCH = 512
+
+
+def describe_serial_error(port: str, exc: BaseException) -> str:
+    """A technician-facing sentence for a serial failure: what is wrong and what to do."""
+    cause = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nxt = cause.__cause__ or cause.__context__
+        assert nxt is not None
+        cause = nxt
+    text = str(exc)
+    err = getattr(cause, "errno", None) or getattr(exc, "errno", None)
+    if err == errno.EACCES or "Permission denied" in text:
+        return (f"serial port {port}: permission denied; add the agent's user to the dialout "
+                "group (sudo usermod -aG dialout $USER) and log in again")
+    if err == errno.ENOENT or "No such file" in text or not os.path.exists(port):
+        return (f"serial port {port}: not present (unplugged?); check the cable and "
+                "`ls /dev/serial/by-id/`; retrying")
+    if err == errno.EBUSY or "busy" in text.lower():
+        return f"serial port {port}: busy; another program holds it (check with `fuser {port}`)"
+    return f"serial port {port}: {text or type(exc).__name__}; retrying"
+
+
+class SerialSource:
+    """Owns the port; calls ``handle(lines)`` with each batch of complete lines read."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int,
+        handle: Callable[[Sequence[bytes]], object],
+        stats: AgentStats,
+        stop: threading.Event,
+        *,
+        read_timeout_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.handle = handle
+        self.stats = stats
+        self.stop = stop
+        self.read_timeout_s = read_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.opened = threading.Event()
+
+    def _open(self) -> serial.Serial | None:
+        try:
+            return serial.Serial(self.port, self.baudrate, timeout=self.read_timeout_s)
+        except (serial.SerialException, OSError) as exc:
+            message = describe_serial_error(self.port, exc)
+            if self.stats.serial_state != message:
+                log.error("%s", message)
+                self.stats.error(message)
+            self.stats.serial_state = message
+            return None
+
+    def run(self) -> None:
+        """Read until ``stop`` is set. Never raises for port trouble."""
+        backoff = 0.2
+        had_port = False
+        while not self.stop.is_set():
+            port = self._open()
+            if port is None:
+                self.opened.clear()
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = 0.2
+            log.info("serial port %s %s", self.port, "is back" if had_port else "opened")
+            had_port = True
+            self.stats.serial_state = "reading"
+            self.opened.set()
+            try:
+                self._read(port)
+            except (serial.SerialException, OSError) as exc:
+                message = (f"serial port {self.port} disconnected (unplugged?): {exc}; "
+                           "waiting for it to return")
+                log.error("%s", message)
+                self.stats.error(message)
+                self.stats.serial_state = message
+            finally:
+                self.opened.clear()
+                port.close()
+
+    def _read(self, port: serial.Serial) -> None:
+        buffer = b""
+        while not self.stop.is_set():
+            chunk = port.read(max(1, port.in_waiting))
+            if not chunk:
+                continue
+            buffer += chunk
+            if b"\n" not in buffer:
+                if len(buffer) > MAX_FRAME_BYTES:
+                    self.stats.frames_rejected["too_long"] += 1
+                    log.warning("discarded %d bytes without a line end", len(buffer))
+                    buffer = b""
+                continue
+            *lines, buffer = buffer.split(b"\n")
+            for start in range(0, len(lines), _MAX_LINES_PER_BATCH):
+                self.handle(lines[start : start + _MAX_LINES_PER_BATCH])

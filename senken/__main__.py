@@ -1,0 +1,3 @@
+from senken.cli import main
+
+main()
