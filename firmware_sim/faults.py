@@ -276,19 +276,28 @@ class Fault:
         }
 
 
-def check_faults(faults: Sequence[Fault], kind: str) -> list[Fault]:
-    """The faults that apply to a device of ``kind``, checking their channels exist there."""
+def check_faults(
+    faults: Sequence[Fault], kind: str, device: int | None = None, *, source: str = "<faults>"
+) -> list[Fault]:
+    """The faults that apply to a device of ``kind`` (and index ``device``), checked.
+
+    Raises :class:`FaultScriptError` naming the entry (its index in ``faults``) whose channel
+    is not a channel of ``kind``.
+    """
     channels = SENSOR_KINDS[kind].channel_names
     out = []
     for index, fault in enumerate(faults):
         if not isinstance(fault, Fault):
-            raise FaultScriptError(f"is a {type(fault).__name__}, not a Fault", entry=index)
-        if not fault.applies_to(kind):
+            raise FaultScriptError(
+                f"is a {type(fault).__name__}, not a Fault", source=source, entry=index
+            )
+        if not fault.applies_to(kind, device):
             continue
         if fault.channel is not None and fault.channel not in channels:
             raise FaultScriptError(
                 f"{fault.channel!r} is not a channel of {kind} ({', '.join(channels)}); "
                 'add kind = "..." to target one sensor kind',
+                source=source,
                 entry=index,
                 field="channel",
             )
