@@ -1,0 +1,1 @@
+"""Test support: real servers started by the tests, and waiting on conditions."""
