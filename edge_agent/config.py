@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -65,7 +66,7 @@ class MqttConfig(_Strict):
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 86400, ge=0)
     topic_prefix: str = DEFAULT_PREFIX
-    connect_timeout_s: float = Field(10.0, gt=0)
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
 
     @model_validator(mode="after")
     def _secrets(self) -> MqttConfig:
@@ -106,9 +107,9 @@ class EdgeConfig(_Strict):
     device_id: str
     state_dir: Path = DEFAULT_STATE_DIR
     serial: SerialConfig
-    mqtt: MqttConfig = MqttConfig()
-    outbox: OutboxConfig = OutboxConfig()
-    model: ModelConfig = ModelConfig()
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     heartbeat_interval_s: float = Field(30.0, gt=0)
     max_clock_skew_s: float = Field(120.0, gt=0, description="device vs agent clock tolerance")
 

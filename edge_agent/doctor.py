@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from edge_agent.config import EdgeConfig
 from senken_core.errors import FrameError, KeyFileError, ModelError, SenkenError
@@ -123,8 +122,8 @@ def check_broker(cfg: EdgeConfig, timeout_s: float = 5.0) -> Check:
             else:
                 tls_info = "no TLS (set [mqtt] tls_ca_file for production)"
     except ssl.SSLCertVerificationError as exc:
-        return Check("broker", False, f"{where}: TLS certificate not trusted ({exc.verify_message});"
-                     " check tls_ca_file and the broker's host name")
+        return Check("broker", False, f"{where}: TLS certificate not trusted "
+                     f"({exc.verify_message}); check tls_ca_file and the broker's host name")
     except (ssl.SSLError, FileNotFoundError) as exc:
         return Check("broker", False, f"{where}: TLS failed: {exc}")
     except OSError as exc:

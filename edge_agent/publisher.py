@@ -13,6 +13,7 @@ and the last error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -39,12 +40,13 @@ log = logging.getLogger(__name__)
 
 def build_client(cfg: EdgeConfig, client_id: str | None = None) -> mqtt.Client:
     """A paho client configured for ``cfg`` (credentials, TLS); not connected."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id or cfg.device_id,
-        protocol=mqtt.MQTTv5,
-    )
     m = cfg.mqtt
+    if m.protocol == "5":
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.device_id,
+                             protocol=mqtt.MQTTv5)
+    else:  # MQTT 3.1.1: the persistent session is clean_session=False
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.device_id,
+                             protocol=mqtt.MQTTv311, clean_session=False)
     if m.username is not None:
         client.username_pw_set(m.username, m.read_password())
     if m.tls_ca_file is not None:
@@ -209,10 +211,13 @@ class Publisher:
     def run(self, on_tick: Callable[[], None] | None = None) -> None:
         """Connect and drain until ``stop`` is set; then publish ``offline`` and disconnect."""
         m = self.cfg.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
-                                  properties=props)
+        if m.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
         next_beat = self.clock()
         try:
@@ -233,10 +238,9 @@ class Publisher:
         if self.connected.is_set():
             info = self.client.publish(self.status_topic, self._status("offline", "stopped"),
                                        qos=STATUS_QOS, retain=True)
-            try:
+            # Not sent in time: the broker's last will still says offline.
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2.0)
-            except (RuntimeError, ValueError):
-                pass
         self._settle()
         self.client.disconnect()
         self.client.loop_stop()

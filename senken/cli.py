@@ -7,6 +7,7 @@ import click
 from edge_agent.cli import edge_group
 from edge_agent.model.cli import model_group
 from firmware_sim.cli import sim_group
+from senken.demo import demo_cmd
 
 __all__ = ["cli", "main"]
 
@@ -20,6 +21,7 @@ def cli() -> None:
 cli.add_command(edge_group)
 cli.add_command(sim_group)
 cli.add_command(model_group)
+cli.add_command(demo_cmd)
 
 
 def main() -> None:

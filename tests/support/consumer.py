@@ -1,4 +1,4 @@
-"""A verifying consumer: subscribes to readings, checks signatures, deduplicates by (device, seq)."""
+"""A verifying consumer: subscribes to readings, checks signatures, dedups by (device, seq)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ class Mosquitto:
                    f"mosquitto on port {self.port}")
         if self.proc.poll() is not None:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise RuntimeError(f"mosquitto exited: {err} {self.log.read_text() if self.log.exists() else ''}")
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"mosquitto exited: {err} {log}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the broker (SIGTERM saves its persistence file, as a service stop does)."""

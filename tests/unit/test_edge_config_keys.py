@@ -22,7 +22,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_good_config_and_environment_overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_good_config_and_environment_overlay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SENKEN_EDGE_MQTT__PORT", "8883")
     cfg = load_edge_config(write(tmp_path, GOOD))
     assert cfg.mqtt.port == 8883 and cfg.serial.port == "/dev/ttyUSB0"
