@@ -1,0 +1,359 @@
+"""On-device anomaly scoring: the TFLite window model and the per-stream state around it.
+
+Shared by the edge agent (which scores each reading before signing it) and by validators
+(which replay a device's readings and must get the same scores). The model file
+``senken_core/models/anomaly-v1.tflite`` is self-contained: the graph computes, for a window of
+the last ``window`` values of one channel, a *discord ratio* in ``[0, 1)`` (how far the newest
+``query`` values are from their nearest match earlier in the window, relative to the window's
+spread), and its ``description`` field holds, as JSON, the parameters of the small deterministic
+post-processing done here in :class:`StreamScorer`:
+
+1. cumulative channels (energy registers) are differenced first: their increments are scored;
+2. the first ``window`` values of a stream score 0 (the window is not full yet);
+3. the graph output ``s`` becomes the ratio ``r = s / (1 - s)`` (capped at ``raw_cap``),
+   standardised online per stream with an exponential moving mean/variance of horizon
+   ``horizon`` (plain averages over the first ``warmup`` ratios, which score 0);
+4. the score is ``z / (z + scale)`` for ``z = max(0, standardised r)``: ``0.5`` (the threshold)
+   means ``scale`` standard deviations above the stream's usual ratio;
+5. after an alarm (score >= threshold), the next ``suppress`` values are capped just below the
+   threshold, so one event raises one alarm.
+
+Every step only depends on the values fed so far, in order, so replaying a stream gives the same
+scores whether it is fed one value at a time or in batches. Scores are bit-identical on the same
+runtime build and CPU architecture; another architecture may differ in the last float32 bits
+of the graph output (see docs/model.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from senken_core.errors import ModelError
+from senken_core.sensors import Channel
+
+__all__ = ["DEFAULT_MODEL_PATH", "AnomalyModel", "ModelParams", "ReadingScorer", "StreamScorer"]
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v1.tflite"
+_MAX_CACHED_BATCH_SIZES = 8
+_PPM = 1_000_000
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """Post-processing parameters stored in the model file's description."""
+
+    name: str
+    window: int
+    query: int
+    horizon: int
+    warmup: int
+    scale: float
+    suppress: int
+    threshold: float
+    raw_cap: float
+
+    @classmethod
+    def from_description(cls, text: str, path: Path) -> ModelParams:
+        try:
+            data = json.loads(text)
+            params = cls(
+                name=str(data["name"]),
+                window=int(data["window"]),
+                query=int(data["query"]),
+                horizon=int(data["horizon"]),
+                warmup=int(data["warmup"]),
+                scale=float(data["scale"]),
+                suppress=int(data["suppress"]),
+                threshold=float(data["threshold"]),
+                raw_cap=float(data["raw_cap"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(
+                f"anomaly model {path}: its description does not hold the Senken model "
+                f"parameters ({exc}); rebuild it with `python -m edge_agent.model.train`"
+            ) from None
+        if params.window < 2 or params.horizon < 1 or params.scale <= 0 or params.warmup < 1:
+            raise ModelError(f"anomaly model {path}: invalid parameters {data!r}")
+        return params
+
+
+def _read_description(blob: bytes, path: Path) -> str:
+    """The flatbuffer's ``description`` string (TFLite ``Model`` table, field 3)."""
+    try:
+        if blob[4:8] != b"TFL3":
+            raise ValueError("no TFL3 file identifier")
+
+        def u32(pos: int) -> int:
+            if pos < 0 or pos + 4 > len(blob):
+                raise ValueError("offset out of range")
+            return int.from_bytes(blob[pos : pos + 4], "little")
+
+        root = u32(0)
+        vtable = root - int.from_bytes(blob[root : root + 4], "little", signed=True)
+        vt_len = int.from_bytes(blob[vtable : vtable + 2], "little")
+        slot = 4 + 2 * 3  # vtable entry of field 3 (description)
+        off = (
+            int.from_bytes(blob[vtable + slot : vtable + slot + 2], "little")
+            if vt_len > slot
+            else 0
+        )
+        if off == 0:
+            raise ValueError("no description")
+        pos = root + off
+        spos = pos + u32(pos)
+        n = u32(spos)
+        if spos + 4 + n > len(blob):
+            raise ValueError("description out of range")
+        return blob[spos + 4 : spos + 4 + n].decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"anomaly model {path}: not a valid Senken TFLite model ({exc})") from None
+
+
+def _make_interpreter(blob: bytes) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ModuleNotFoundError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ModuleNotFoundError:
+            raise ModelError(
+                "no TFLite runtime: install ai-edge-litert (or tflite-runtime) to score readings"
+            ) from None
+    return Interpreter(model_content=blob, num_threads=1)
+
+
+class AnomalyModel:
+    """The loaded .tflite model: ``infer`` maps windows ``[B, window]`` to scores ``[B]``."""
+
+    def __init__(self, path: Path, blob: bytes, params: ModelParams, interpreter: Any) -> None:
+        self.path = path
+        self.sha256: bytes = hashlib.sha256(blob).digest()
+        self.size = len(blob)
+        self.params = params
+        self.window: int = params.window
+        self.threshold: float = params.threshold
+        self._blob = blob
+        self._interpreters: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()
+        self._add_interpreter(1, interpreter)
+
+    @classmethod
+    def load(cls, path: Path | None = None, expected_sha256: bytes | None = None) -> AnomalyModel:
+        """Load ``path`` (default: the packaged anomaly-v1.tflite), checking its sha256 if given.
+
+        Raises :class:`ModelError` if the file is missing, unreadable, not a valid model, or its
+        hash differs from ``expected_sha256``.
+        """
+        p = Path(path) if path is not None else DEFAULT_MODEL_PATH
+        try:
+            blob = p.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(
+                f"anomaly model {p} not found; build it with `python -m edge_agent.model.train`"
+            ) from None
+        except OSError as exc:
+            raise ModelError(f"anomaly model {p} cannot be read: {exc.strerror}") from None
+        digest = hashlib.sha256(blob).digest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise ModelError(
+                f"anomaly model {p} has sha256 {digest.hex()}, expected "
+                f"{expected_sha256.hex()}: wrong or corrupted model file"
+            )
+        if len(blob) < 8:
+            raise ModelError(f"anomaly model {p}: file too short to be a TFLite model")
+        params = ModelParams.from_description(_read_description(blob, p), p)
+        try:
+            interp = _make_interpreter(blob)
+        except ModelError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"anomaly model {p} cannot be loaded by TFLite: {exc}") from None
+        model = cls(p, blob, params, interp)
+        try:
+            model.infer(np.zeros((1, params.window), dtype=np.float32))
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"anomaly model {p} does not run: {exc}") from None
+        return model
+
+    def _add_interpreter(self, batch: int, interp: Any) -> tuple[Any, int, int]:
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
+        shape = tuple(int(v) for v in inp["shape"])
+        if len(shape) != 2 or shape[1] != self.window:
+            raise ModelError(
+                f"anomaly model {self.path}: input shape {shape}, expected (B, {self.window})"
+            )
+        if shape[0] != batch:
+            interp.resize_tensor_input(inp["index"], [batch, self.window])
+        interp.allocate_tensors()
+        entry = (interp, int(inp["index"]), int(out["index"]))
+        self._interpreters[batch] = entry
+        if len(self._interpreters) > _MAX_CACHED_BATCH_SIZES:
+            for key in list(self._interpreters):
+                if key != 1 and key != batch:
+                    del self._interpreters[key]
+                    break
+        return entry
+
+    def infer(self, windows: np.ndarray) -> FloatArray:
+        """Scores in ``[0, 1]`` for windows ``float32 [B, window]`` (one invoke per call)."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.window:
+            raise ValueError(f"expected windows of shape (B, {self.window}), got {x.shape}")
+        batch = int(x.shape[0])
+        if batch == 0:
+            return np.zeros(0, dtype=np.float32)
+        entry = self._interpreters.get(batch)
+        if entry is None:
+            entry = self._add_interpreter(batch, _make_interpreter(self._blob))
+        else:
+            self._interpreters.move_to_end(batch)
+        interp, i_in, i_out = entry
+        interp.set_tensor(i_in, x)
+        interp.invoke()
+        out: FloatArray = np.array(interp.get_tensor(i_out), dtype=np.float32).reshape(batch)
+        return out
+
+
+class StreamScorer:
+    """Scoring state of ONE channel stream of one device (see the module docstring)."""
+
+    def __init__(self, model: AnomalyModel, cumulative: bool = False) -> None:
+        self.model = model
+        self.cumulative = cumulative
+        p = model.params
+        self._p = p
+        self._alpha = 1.0 / p.horizon
+        self._history = np.zeros(0, dtype=np.float64)  # last window-1 values (or increments)
+        self._last: int | None = None  # previous register value, cumulative channels
+        self._n_raw = 0
+        self._mean = 0.0
+        self._var = 0.0
+        self._index = 0  # values scored so far
+        self._last_alarm = -(10**18)
+
+    # The two halves below let ReadingScorer batch several channels into one infer call.
+
+    def _prepare(self, values: Sequence[int]) -> tuple[FloatArray, list[bool]]:
+        """Windows for the values that have a full window, and which values have one."""
+        xs: list[float] = []
+        has_value: list[bool] = []
+        for v in values:
+            iv = int(v)
+            if self.cumulative:
+                if self._last is None:
+                    has_value.append(False)
+                else:
+                    xs.append(float(iv - self._last))
+                    has_value.append(True)
+                self._last = iv
+            else:
+                xs.append(float(iv))
+                has_value.append(True)
+        w = self._p.window
+        full = np.concatenate([self._history, np.array(xs, dtype=np.float64)])
+        n_old = len(self._history)
+        self._history = full[-(w - 1) :].copy() if len(full) >= w - 1 else full.copy()
+        # value k of xs sits at position n_old + k of full; it has a window if n_old + k >= w - 1
+        first = max(0, w - 1 - n_old)
+        if first >= len(xs):
+            windows = np.zeros((0, w), dtype=np.float32)
+            has_window = [False] * len(xs)
+        else:
+            view = np.lib.stride_tricks.sliding_window_view(full, w)[n_old + first - (w - 1) :]
+            windows = (view - view[:, -1:]).astype(np.float32)
+            has_window = [k >= first for k in range(len(xs))]
+        flags: list[bool] = []
+        it = iter(has_window)
+        for hv in has_value:
+            flags.append(next(it) if hv else False)
+        return windows, flags
+
+    def _finish(self, out: np.ndarray, flags: Sequence[bool]) -> list[float]:
+        p = self._p
+        scores: list[float] = []
+        k = 0
+        cap = p.raw_cap
+        thr = p.threshold
+        for has in flags:
+            self._index += 1
+            if not has:
+                scores.append(0.0)
+                continue
+            s = float(out[k])
+            k += 1
+            r = cap if s >= 1.0 else min(cap, s / (1.0 - s))
+            if self._n_raw < p.warmup:
+                self._n_raw += 1
+                d = r - self._mean
+                self._mean += d / self._n_raw
+                self._var += (d * (r - self._mean) - self._var) / self._n_raw
+                scores.append(0.0)
+                continue
+            z = (r - self._mean) / (math.sqrt(self._var) + 1e-6)
+            d = r - self._mean
+            self._mean += self._alpha * d
+            self._var = (1.0 - self._alpha) * (self._var + self._alpha * d * d)
+            zp = z if z > 0.0 else 0.0
+            f = zp / (zp + p.scale)
+            if f >= thr:
+                if self._index - self._last_alarm <= p.suppress:
+                    f = thr * 0.999
+                else:
+                    self._last_alarm = self._index
+            scores.append(f)
+        return scores
+
+    def score_many(self, values: Sequence[int]) -> list[float]:
+        """Feed ``values`` in order; one score in ``[0, 1]`` per value (one infer call)."""
+        windows, flags = self._prepare(values)
+        out = self.model.infer(windows) if len(windows) else np.zeros(0, dtype=np.float32)
+        return self._finish(out, flags)
+
+
+class ReadingScorer:
+    """One per device: a :class:`StreamScorer` per channel, scores in ppm (max over channels)."""
+
+    def __init__(self, model: AnomalyModel, channels: Sequence[Channel]) -> None:
+        self.model = model
+        self.channels = tuple(channels)
+        self.streams = [StreamScorer(model, cumulative=c.cumulative) for c in self.channels]
+
+    def score(self, rows: Sequence[Sequence[int]]) -> list[int]:
+        """Per reading (channel values in channel order) its anomaly score in ppm, 0..1_000_000."""
+        n_ch = len(self.channels)
+        for i, row in enumerate(rows):
+            if len(row) != n_ch:
+                raise ValueError(f"reading {i} has {len(row)} values, expected {n_ch} channels")
+        if not rows:
+            return []
+        parts = [s._prepare([row[c] for row in rows]) for c, s in enumerate(self.streams)]
+        sizes = [len(w) for w, _ in parts]
+        total = sum(sizes)
+        if total:
+            stacked = np.concatenate([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+            out = self.model.infer(stacked)
+        else:
+            out = np.zeros(0, dtype=np.float32)
+        ppm = [0] * len(rows)
+        start = 0
+        for (_, flags), size, stream in zip(parts, sizes, self.streams, strict=True):
+            scores = stream._finish(out[start : start + size], flags)
+            start += size
+            for i, f in enumerate(scores):
+                v = int(f * _PPM + 0.5)
+                v = 0 if v < 0 else (_PPM if v > _PPM else v)
+                if v > ppm[i]:
+                    ppm[i] = v
+        return ppm
