@@ -155,13 +155,21 @@ def run_cmd(
     for index in range(n_devices):
         kind = kind_cycle[index % len(kind_cycle)]
         try:
-            mine = check_faults(faults, kind, index, source=str(faults_file))
+            mine = check_faults(faults, kind, index, source=str(faults_file), by_channel=True)
         except FaultScriptError as exc:
             raise click.BadParameter(
                 f"device {index} ({kind}): {exc}", param_hint="--faults"
             ) from None
         replay = _replay_for(kind, specs)
         plan.append((index, kind, mine, replay))
+    used = {id(f) for _, _, mine, _ in plan for f in mine}
+    for entry, fault in enumerate(faults):
+        if id(fault) not in used:
+            raise click.BadParameter(
+                f"{faults_file}: faults[{entry}] ({fault.fault}) applies to no device "
+                f"(kinds: {', '.join(sorted(set(kind_cycle)))}; devices 0..{n_devices - 1})",
+                param_hint="--faults",
+            )
     for spec in specs:
         if not any(spec.channel in SENSOR_KINDS[kind].channel_names for _, kind, _, _ in plan):
             raise click.BadParameter(

@@ -279,6 +279,8 @@ class SimulatedDevice:
                     self._ctl.wait_for(lambda: self._stopping or self._paused, delay)
                     continue
             with self._lock:
+                if self._paused or self._stopping:
+                    continue  # paused while we waited for the lock: pause() has returned
                 if self.finished:
                     break
                 now = time.monotonic()

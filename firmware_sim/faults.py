@@ -277,12 +277,19 @@ class Fault:
 
 
 def check_faults(
-    faults: Sequence[Fault], kind: str, device: int | None = None, *, source: str = "<faults>"
+    faults: Sequence[Fault],
+    kind: str,
+    device: int | None = None,
+    *,
+    source: str = "<faults>",
+    by_channel: bool = False,
 ) -> list[Fault]:
     """The faults that apply to a device of ``kind`` (and index ``device``), checked.
 
     Raises :class:`FaultScriptError` naming the entry (its index in ``faults``) whose channel
-    is not a channel of ``kind``.
+    is not a channel of ``kind``. With ``by_channel`` (used by ``senken sim run``), a fault
+    that names a channel but neither ``kind`` nor ``device`` is instead skipped on devices
+    without that channel: channel names are unique across kinds, so they imply the kind.
     """
     channels = SENSOR_KINDS[kind].channel_names
     out = []
@@ -294,6 +301,8 @@ def check_faults(
         if not fault.applies_to(kind, device):
             continue
         if fault.channel is not None and fault.channel not in channels:
+            if by_channel and fault.kind is None and fault.device is None:
+                continue
             raise FaultScriptError(
                 f"{fault.channel!r} is not a channel of {kind} ({', '.join(channels)}); "
                 'add kind = "..." to target one sensor kind',
