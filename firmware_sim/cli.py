@@ -228,6 +228,6 @@ def _replay_for(kind: str, specs: list[ReplaySpec]) -> ReplaySpec | None:
 
 
 def _progress(devices: list[SimulatedDevice], elapsed: float | None) -> None:
-    counts = " ".join(f"{i}:{d.frames_written}" for i, d in enumerate(devices))
+    counts = " ".join(f"{i}:{d.frames_written}/{d.slots}" for i, d in enumerate(devices))
     label = "final" if elapsed is None else f"t={elapsed:.1f}s"
-    click.echo(f"{label} frames written {counts}")
+    click.echo(f"{label} frames written/generated {counts}")

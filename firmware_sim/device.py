@@ -6,17 +6,24 @@ faults), scheduled faults start, and normally one frame is written with the curr
 which then advances (mod 2^32). Faults (:mod:`firmware_sim.faults`) may alter, corrupt,
 silence or lose the slot's frame.
 
-Writing never blocks forever. If the pty buffer is full (nobody reading: about 16 KiB, some 170
-frames, are buffered), a write waits for room at most until the next slot is due (at most
-0.25 s; :meth:`burst` waits up to ``write_timeout``) and then drops the rest of the frame, as a
-UART whose receiver stopped reading drops bytes. ``sent`` holds only frames that were written
-completely and are valid; ``frames_dropped`` counts frames not (completely) written for lack
-of room, ``frames_lost`` frames generated while unplugged or in a lossy dropout.
+What a frame's fate is, and where it is counted:
 
-When a reader is not there yet: pyserial flushes the input buffer when it opens a port, so
-frames written before the reader opened are in ``sent`` but never read by it. Open the port
-before :meth:`start` (the pty exists from construction on), or compare from the first frame
-the reader saw.
+* written completely while a reader has the port open: ``frames_written`` (and, if valid,
+  appended to ``sent``);
+* no reader has the port open (nobody listening on the UART): not written at all,
+  ``frames_no_reader``. A reader that has just opened the port is given ``attach_grace``
+  seconds (default 20 ms) before frames are written to it, because pyserial flushes the input
+  buffer right after opening; frames in that window are also ``frames_no_reader``;
+* the reader is there but not reading and the pty buffer (about 16 KiB, some 170 frames) is
+  full: the write waits for room at most until the next slot is due (at most 0.25 s;
+  :meth:`burst` waits up to ``write_timeout``) and then drops the rest of the frame, as a UART
+  drops bytes: ``frames_dropped``; a dropped frame may leave a stub at the end of the buffer,
+  which the next frame's ``$`` resynchronises;
+* unplugged, or in a lossy ``dropout`` fault: ``frames_lost``.
+
+So ``sent`` holds exactly the valid frames that were completely written into the pty while a
+reader had it open: a reader that keeps reading sees every frame of ``sent`` from the first one
+it saw, in order.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ class SimulatedDevice:
     seconds (``device_ms`` and the daily curves follow it). ``max_frames``: the device goes
     silent (port still open) after that many frame slots. ``counter_start``: the first frame
     counter (to test wrap-around). ``write_timeout``: how long :meth:`burst` waits for room.
+    ``attach_grace``: how long a newly opened reader is left alone (see the module docstring).
+
+    The pty exists from construction on, so a reader can open the port before :meth:`start`.
     """
 
     def __init__(
@@ -76,6 +86,7 @@ class SimulatedDevice:
         max_frames: int | None = None,
         counter_start: int = 0,
         write_timeout: float = 2.0,
+        attach_grace: float = 0.02,
     ) -> None:
         if kind not in SENSOR_KINDS:
             raise ValueError(_unknown_kind(kind))
@@ -92,6 +103,7 @@ class SimulatedDevice:
         self.clock = clock
         self.max_frames = max_frames
         self.write_timeout = write_timeout
+        self.attach_grace = attach_grace
         self.faults = check_faults(list(faults), kind)
         self._schedule: dict[int, list[Fault]] = {}
         for fault in self.faults:
@@ -106,6 +118,8 @@ class SimulatedDevice:
         self.frames_written = 0
         self.frames_dropped = 0
         self.frames_lost = 0
+        self.frames_no_reader = 0
+        self._reader_seen = 0  # port generation in which the current reader was seen
         self.slots = 0
         self.counter = counter_start
         self.replugs = 0
@@ -141,6 +155,11 @@ class SimulatedDevice:
     @property
     def plugged(self) -> bool:
         return self._port.is_open
+
+    @property
+    def reader_attached(self) -> bool:
+        """Whether a reader has the port open right now."""
+        return self._port.reader_attached()
 
     @property
     def running(self) -> bool:
@@ -243,6 +262,18 @@ class SimulatedDevice:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
 
+    def wait_reader(self, timeout: float) -> bool:
+        """Wait until a reader has the port open (checked every 10 ms: the kernel has no event
+        for it). Handy before :meth:`start` when a test must not miss the first frames."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._port.reader_attached():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.01))
+        return True
+
     def wait_slots(self, n: int, timeout: float) -> bool:
         """Wait until at least ``n`` frame slots have run."""
         return self.wait_for(lambda: self.slots >= n, timeout)
@@ -295,8 +326,16 @@ class SimulatedDevice:
         self._notify()
 
     def _slot(self, deadline: float) -> None:
-        """One frame slot (call with ``self._lock`` held)."""
+        """One frame slot (call with ``self._lock`` held); waiters see it once it is done."""
         slot = self.slots
+        try:
+            self._slot_body(slot, deadline)
+        finally:
+            with self._cond:
+                self.slots = slot + 1
+                self._cond.notify_all()
+
+    def _slot_body(self, slot: int, deadline: float) -> None:
         starting = self._schedule.get(slot, ())
         for fault in starting:
             frames = fault.frames if fault.frames is not None else 1
@@ -335,14 +374,12 @@ class SimulatedDevice:
             if not self._port.is_open:
                 self._port.open()
                 self.replugs += 1
-        self.slots = slot + 1
 
         dropout = [a.fault for a in self._active if a.fault.fault == "dropout" and a.end > slot]
         if dropout:
             if any(f.lost for f in dropout):
                 self.counter = (self.counter + 1) % _U32
                 self.frames_lost += 1
-            self._notify()
             return
 
         device_ms = max(0, int(t * 1000) + self._clock_offset_ms)
@@ -365,7 +402,9 @@ class SimulatedDevice:
 
         if not self._port.is_open:
             self.frames_lost += 1
-            self._notify()
+            return
+        if not self._reader_ready():
+            self.frames_no_reader += 1
             return
         self._port.drain_input()
         for fault in garbage:
@@ -381,7 +420,19 @@ class SimulatedDevice:
                     self.sent.append(frame)
             else:
                 self.frames_dropped += 1
-            self._cond.notify_all()
+
+    def _reader_ready(self) -> bool:
+        """A reader has the port open (and has had it open for ``attach_grace``)."""
+        if not self._port.reader_attached():
+            self._reader_seen = 0
+            return False
+        if self._reader_seen != self._port.generation:
+            # pyserial flushes the input right after open(); let it finish before writing
+            time.sleep(self.attach_grace)
+            if not self._port.reader_attached():
+                return False
+            self._reader_seen = self._port.generation
+        return True
 
     def _apply_value_faults(self, slot: int, values: dict[str, int]) -> bool:
         """Apply spike/drift/stuck/out_of_range to ``values``; True if the frame is invalid."""

@@ -2,8 +2,11 @@
 
 ``os.openpty()`` gives a master (our end, the "firmware's UART TX") and a slave
 (``/dev/pts/N``, what a reader opens with ``serial.Serial(path, 115200)``). The slave is put in
-raw mode (no echo, no CR/LF translation) and kept open by us, so its settings survive readers
-opening and closing it. The master is non-blocking:
+raw mode (no echo, no CR/LF translation; the setting stays while the master is open, across
+readers opening and closing it) and then closed on our side, so that the master reports
+``POLLHUP`` exactly when no reader has the port open: :meth:`PtyPort.reader_attached`.
+
+The master is non-blocking:
 
 * writes never block forever: :meth:`PtyPort.write` waits for room at most until a deadline
   and then drops the rest, like a UART whose receiver stopped reading;
@@ -11,9 +14,6 @@ opening and closing it. The master is non-blocking:
 
 An optional ``link`` is a symlink to the slave (like ``/dev/serial/by-id/usb-...``); it is
 (re)pointed atomically on open and removed on close, as udev does on plug/unplug.
-
-Note: pyserial flushes the input buffer when it opens a port, so bytes written before a reader
-opened the port are never seen by it (real adapters behave the same).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class PtyPort:
     def __init__(self, link: Path | None = None) -> None:
         self.link = Path(link) if link is not None else None
         self.master: int | None = None
-        self.slave: int | None = None
+        self.generation = 0  # +1 per open (plug-in)
         self.path: str = ""
 
     @property
@@ -60,7 +60,9 @@ class PtyPort:
             os.close(master)
             os.close(slave)
             raise
-        self.master, self.slave, self.path = master, slave, path
+        os.close(slave)  # see the module docstring: POLLHUP then means "no reader"
+        self.master, self.path = master, path
+        self.generation += 1
         if self.link is not None:
             self._point_link(path)
         return path
@@ -80,11 +82,22 @@ class PtyPort:
             with contextlib.suppress(FileNotFoundError):
                 if os.readlink(self.link) == self.path:
                     self.link.unlink()
-        for fd in (self.master, self.slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.master = self.slave = None
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+        self.master = None
+
+    def reader_attached(self) -> bool:
+        """Whether some process has the slave (the port) open."""
+        if self.master is None:
+            return False
+        poller = select.poll()
+        poller.register(self.master, select.POLLHUP)
+        try:
+            events = poller.poll(0)
+        except OSError:
+            return False
+        return not any(revents & (select.POLLHUP | select.POLLNVAL) for _, revents in events)
 
     def drain_input(self) -> None:
         """Read and discard whatever a reader wrote to the port."""
