@@ -32,6 +32,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,8 @@ class SimulatedDevice:
         self._thread: threading.Thread | None = None
         self._port = PtyPort(self.link)
         self._port.open()
+        # a device dropped without stop() still closes its pty and removes its link
+        self._finalizer = weakref.finalize(self, self._port.close)
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -358,8 +361,14 @@ class SimulatedDevice:
         for fault in starting:  # stuck from the very first frame: stuck at its own values
             if fault.fault == "stuck" and not self._stuck[id(fault)]:
                 self._stuck[id(fault)] = dict(values)
-        bad = self._apply_value_faults(slot, values)
-        self._last_values = dict(values)
+        self._apply_value_faults(slot, values)
+        self._last_values = dict(values)  # what "stuck" repeats: never an out-of-range value
+        bad = False
+        for a in self._active:
+            name = a.fault.channel
+            if a.fault.fault == "out_of_range" and a.end > slot and name in values:
+                values[name] = self._channels[name].maximum + 1
+                bad = True
 
         for fault in starting:
             if fault.fault == "clock_jump":
@@ -434,9 +443,8 @@ class SimulatedDevice:
             self._reader_seen = self._port.generation
         return True
 
-    def _apply_value_faults(self, slot: int, values: dict[str, int]) -> bool:
-        """Apply spike/drift/stuck/out_of_range to ``values``; True if the frame is invalid."""
-        bad = False
+    def _apply_value_faults(self, slot: int, values: dict[str, int]) -> None:
+        """Apply spike, drift and stuck to ``values`` (the frame stays valid)."""
         for a in self._active:
             fault, name = a.fault, a.fault.channel
             if fault.fault == "drift" and name in values:
@@ -455,10 +463,6 @@ class SimulatedDevice:
                 for channel in [name] if name is not None else list(values):
                     if channel in frozen:
                         values[channel] = frozen[channel]
-            elif fault.fault == "out_of_range" and name in values:
-                values[name] = self._channels[name].maximum + 1
-                bad = True
-        return bad
 
 
 def _unknown_kind(kind: str) -> str:

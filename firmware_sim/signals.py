@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from senken_core.sensors import SENSOR_KINDS, Channel, SensorKind
 
@@ -173,7 +173,7 @@ class SoilCo2(SignalGenerator):
         return raw
 
 
-_GENERATORS: dict[str, type[SignalGenerator]] = {
+_GENERATORS: dict[str, Callable[[int], SignalGenerator]] = {
     "elec_meter": ElecMeter,
     "biogas_flare": BiogasFlare,
     "soil_co2": SoilCo2,
@@ -187,4 +187,4 @@ def make_generator(kind: str, seed: int = 0) -> SignalGenerator:
     except KeyError:
         known = ", ".join(_GENERATORS)
         raise KeyError(f"unknown sensor kind {kind!r}; known kinds: {known}") from None
-    return cls(seed)  # type: ignore[call-arg]
+    return cls(seed)

@@ -451,3 +451,39 @@ def test_replayed_power_is_what_the_energy_register_integrates():
     energy = [values(f)["energy_export_wh"] for f in got]
     assert len(set(power)) > 10
     assert abs((energy[-1] - energy[0]) - sum(p / 3600 for p in power[1:])) <= 1
+
+
+def test_every_truncation_with_line_end_is_a_syntax_error():
+    cuts = [Fault(fault="truncated", at_frame=i, keep=i + 1, line_end=True) for i in range(100)]
+    with rig("elec_meter", faults=cuts) as (dev, ser):
+        raw = burst_and_read(dev, ser, 100)
+    assert len(raw) == 100 and dev.sent == []
+    for line in raw:
+        with pytest.raises(FrameError) as info:
+            parse_frame(line)
+        assert info.value.reason == "syntax"
+
+
+def test_garbage_lines_never_parse():
+    noise = [Fault(fault="garbage", at_frame=i, length=1 + i % 200) for i in range(60)]
+    with rig("soil_co2", faults=noise, seed=11) as (dev, ser):
+        raw = burst_and_read(dev, ser, 60, lines=120)
+    garbage, good = raw[0::2], raw[1::2]
+    for line in garbage:
+        with pytest.raises(FrameError):
+            parse_frame(line)
+    assert frames(good) == dev.sent and len(dev.sent) == 60
+
+
+def test_stuck_after_out_of_range_repeats_a_valid_value():
+    faults = [
+        Fault(fault="out_of_range", at_frame=2, channel="ch4_bp"),
+        Fault(fault="stuck", at_frame=3, channel="ch4_bp", frames=2),
+    ]
+    with rig("biogas_flare", faults=faults) as (dev, ser):
+        raw = burst_and_read(dev, ser, 6)
+    with pytest.raises(FrameError, match="range"):
+        validate_frame(parse_frame(raw[2]))
+    later = frames(raw[3:])
+    assert [f.counter for f in dev.sent] == [0, 1, 3, 4, 5]
+    assert all(values(f)["ch4_bp"] <= 10_000 for f in later)
