@@ -11,8 +11,10 @@ post-processing done here in :class:`StreamScorer`:
 1. cumulative channels (energy registers) are differenced first: their increments are scored;
 2. the first ``window`` values of a stream score 0 (the window is not full yet);
 3. the graph output ``s`` becomes the ratio ``r = s / (1 - s)`` (capped at ``raw_cap``),
-   standardised online per stream with an exponential moving mean/variance of horizon
-   ``horizon`` (plain averages over the first ``warmup`` ratios, which score 0);
+   standardised online per stream: ``z = (r - mean) / (std + 1e-6)`` with a running mean and
+   variance (weight ``1/n`` for the n-th ratio, so plain averages) that turns into an
+   exponential moving one of horizon ``horizon`` after ``horizon`` ratios; the first
+   ``warmup`` ratios only feed the statistics and score 0;
 4. the score is ``z / (z + scale)`` for ``z = max(0, standardised r)``: ``0.5`` (the threshold)
    means ``scale`` standard deviations above the stream's usual ratio;
 5. after an alarm (score >= threshold), the next ``suppress`` values are capped just below the
@@ -234,7 +236,6 @@ class StreamScorer:
         self.cumulative = cumulative
         p = model.params
         self._p = p
-        self._alpha = 1.0 / p.horizon
         self._history = np.zeros(0, dtype=np.float64)  # last window-1 values (or increments)
         self._last: int | None = None  # previous register value, cumulative channels
         self._n_raw = 0
@@ -282,37 +283,48 @@ class StreamScorer:
 
     def _finish(self, out: np.ndarray, flags: Sequence[bool]) -> list[float]:
         p = self._p
+        cap, thr, scale, warmup = p.raw_cap, p.threshold, p.scale, p.warmup
+        suppress, horizon = p.suppress, p.horizon
+        alpha = 1.0 / min(max(self._n_raw, 1), horizon)
+        capped = thr * 0.999
+        sqrt = math.sqrt
+        mean, var, n_raw = self._mean, self._var, self._n_raw
+        index, last_alarm = self._index, self._last_alarm
+        raw = out.tolist()
         scores: list[float] = []
         k = 0
-        cap = p.raw_cap
-        thr = p.threshold
         for has in flags:
-            self._index += 1
+            index += 1
             if not has:
                 scores.append(0.0)
                 continue
-            s = float(out[k])
+            s = raw[k]
             k += 1
-            r = cap if s >= 1.0 else min(cap, s / (1.0 - s))
-            if self._n_raw < p.warmup:
-                self._n_raw += 1
-                d = r - self._mean
-                self._mean += d / self._n_raw
-                self._var += (d * (r - self._mean) - self._var) / self._n_raw
+            r = cap if s >= 1.0 else s / (1.0 - s)
+            if r > cap:
+                r = cap
+            d = r - mean
+            if n_raw < warmup:  # plain running mean/variance, score 0
+                n_raw += 1
+                mean += d / n_raw
+                var += (d * (r - mean) - var) / n_raw
                 scores.append(0.0)
                 continue
-            z = (r - self._mean) / (math.sqrt(self._var) + 1e-6)
-            d = r - self._mean
-            self._mean += self._alpha * d
-            self._var = (1.0 - self._alpha) * (self._var + self._alpha * d * d)
-            zp = z if z > 0.0 else 0.0
-            f = zp / (zp + p.scale)
+            z = d / (sqrt(var) + 1e-6)
+            if n_raw < horizon:  # running average until `horizon` ratios, then exponential
+                n_raw += 1
+                alpha = 1.0 / n_raw
+            mean += alpha * d
+            var = (1.0 - alpha) * (var + alpha * d * d)
+            f = z / (z + scale) if z > 0.0 else 0.0
             if f >= thr:
-                if self._index - self._last_alarm <= p.suppress:
-                    f = thr * 0.999
+                if index - last_alarm <= suppress:
+                    f = capped
                 else:
-                    self._last_alarm = self._index
+                    last_alarm = index
             scores.append(f)
+        self._mean, self._var, self._n_raw = mean, var, n_raw
+        self._index, self._last_alarm = index, last_alarm
         return scores
 
     def score_many(self, values: Sequence[int]) -> list[float]:

@@ -459,3 +459,15 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None) -> dict[str, 
         "detected_windows": sum(p.tp for p in fixed.per_file),
         "false_positives": sum(p.fp for p in fixed.per_file),
     }
+
+
+def reference_scores(data_dir: Path) -> dict[str, float]:
+    """Normalised standard scores of NAB's random and windowed-gaussian detectors on data_dir."""
+    windows = load_windows(data_dir / "combined_windows.json")
+    series = list(find_series(data_dir, windows))
+    out: dict[str, float] = {}
+    for name in ("random", "windowed_gaussian"):
+        run = reference_detector(name)
+        res = score_corpus([(s.name, run(s), s.windows) for s in series])
+        out[name] = round(res.normalised, 2)
+    return out

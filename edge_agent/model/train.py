@@ -43,21 +43,22 @@ MODEL_NAME = "senken-anomaly-v1"
 
 # Graph shape (structure, chosen by hand, checked on NAB: see docs/model.md).
 WINDOW = 320  # values per window: covers one daily cycle of 5-minute data (288) plus a query
-QUERY = 16  # length of the recent sub-sequence compared against the window
+QUERY = 32  # length of the recent sub-sequence compared against the window
 
 # Post-processing knobs, fitted on the NAB subset in data/nab (a small grid, docs/model.md).
 PARAMS: dict[str, Any] = {
     "name": MODEL_NAME,
     "window": WINDOW,
     "query": QUERY,
-    # online standardisation of the raw discord ratio r = s / (1 - s): exponential moving mean
-    # and variance with horizon `horizon` readings, after `warmup` readings of plain averaging
-    "horizon": 2000,
+    # online standardisation of the raw discord ratio r = s / (1 - s): running mean/variance
+    # (plain averages) that become exponential with horizon `horizon` after `horizon` ratios;
+    # the first `warmup` ratios only feed the statistics (score 0)
+    "horizon": 1500,
     "warmup": 50,
     # final score = z / (z + scale) for z = max(0, standardised r): z == scale maps to 0.5
-    "scale": 3.5,
+    "scale": 3.0,
     # after an alarm (score >= threshold), the next `suppress` readings are capped below it
-    "suppress": 30,
+    "suppress": 100,
     "threshold": 0.5,
     "raw_cap": 1.0e6,
 }
@@ -271,20 +272,23 @@ def main(argv: list[str] | None = None) -> int:
         "input": "float32 [B, window]: the last `window` values of one channel (increments for "
         "cumulative channels) minus the newest value; output float32 [B]: a / (a + sigma)",
         "normalisation": "scale-free: the graph divides the nearest-match distance by the "
-        "window's own standard deviation; the raw ratio is then standardised online per stream "
-        "(exponential moving mean/variance, horizon readings) in senken_core.anomaly",
+        "window's own standard deviation; the ratio is then standardised online per stream "
+        "(running, then exponential, mean/variance) in senken_core.anomaly.StreamScorer",
         "postprocessing": {
             k: PARAMS[k] for k in ("horizon", "warmup", "scale", "suppress", "raw_cap")
         },
-        "fitted_on": "NAB subset in data/nab (33 series, 70 windows): horizon, scale and suppress "
-        "chosen by grid search on the NAB standard-profile score; window/query chosen by hand "
-        "from 3 variants; no other parameters (see docs/model.md)",
+        "fitted_on": "the NAB subset in data/nab (33 series, 70 windows), i.e. the benchmark it "
+        "is scored on: warmup, horizon, scale and suppress by a grid search (72 points) on the "
+        "NAB standard-profile score; query length chosen among 4/8/16/32/48/64 and window among "
+        "256/320/400/480 on the same data; 2-fold cross-validation of the grid search gives "
+        "54.5 and 59.4 on held-out halves (docs/model.md)",
         "trained_by": "python -m edge_agent.model.train (deterministic; no gradient training)",
     }
     if not args.no_eval:
-        from edge_agent.model.nab import evaluate_model
+        from edge_agent.model.nab import evaluate_model, reference_scores
 
         res = evaluate_model(args.nab_dir, tfl)
+        res["reference_detectors_same_data"] = reference_scores(args.nab_dir)
         meta["nab"] = res
         print(json.dumps(res, indent=2))
     (args.out_dir / "anomaly-v1.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
