@@ -12,6 +12,7 @@ The main thread waits for SIGINT/SIGTERM and writes status.json about once a sec
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -27,13 +28,37 @@ from edge_agent.publisher import Publisher
 from edge_agent.serial_source import SerialSource
 from edge_agent.stats import AgentStats, write_status
 from senken_core.anomaly import AnomalyModel, ReadingScorer
+from senken_core.errors import SenkenError
 from senken_core.keys import DeviceKey
 from senken_core.sensors import sensor_kind
 
-__all__ = ["AGENT_VERSION", "EdgeAgent", "load_model"]
+__all__ = ["AGENT_VERSION", "AgentAlreadyRunning", "EdgeAgent", "load_model"]
 
 AGENT_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
+
+
+class AgentAlreadyRunning(SenkenError):
+    """Another agent holds this state directory."""
+
+
+def _lock_state_dir(cfg: EdgeConfig) -> int:
+    """Hold an exclusive lock on the state dir for the agent's life: one agent per outbox."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.state_dir / "agent.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AgentAlreadyRunning(
+            f"another agent (pid {holder}) is running on {cfg.state_dir}; stop it first "
+            "(two agents would share one outbox and one serial port)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def load_model(cfg: EdgeConfig) -> AnomalyModel:
@@ -49,6 +74,7 @@ class EdgeAgent:
 
     def __post_init__(self) -> None:
         cfg = self.cfg
+        self._lock_fd = _lock_state_dir(cfg)
         self.stop_event = threading.Event()
         self.stats = AgentStats()
         self.key = DeviceKey.load(cfg.key_path)
@@ -122,6 +148,7 @@ class EdgeAgent:
         self._last_status = 0.0
         self._tick()
         self.outbox.close()
+        os.close(self._lock_fd)
 
     def run_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""

@@ -19,6 +19,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -80,10 +81,13 @@ class Publisher:
         self.clock = clock
         self.wake = threading.Event()
         self.connected = threading.Event()
+        # PUBACK events (mid, refused) from paho's thread, consumed by the drain thread. Every
+        # publish is recorded (in _inflight or _other) by the thread that made it before that
+        # thread can handle any event, so an event always finds the message it belongs to.
+        self._events: deque[tuple[int, bool]] = deque()
+        self._inflight: dict[int, list[int]] = {}  # readings messages: mid -> seqs
         self._lock = threading.Lock()
-        self._inflight: dict[int, list[int]] = {}
-        self._acked: list[int] = []
-        self._refused: list[int] = []
+        self._other: set[int] = set()  # status messages (QoS 1) awaiting PUBACK
         self._handed_upto = -1
         self._tokens = float(cfg.outbox.batch_max)
         self._last_refill = clock()
@@ -120,35 +124,43 @@ class Publisher:
         log.info("connected to broker %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
         self.stats.mqtt_connected = True
         self.connected.set()
-        client.publish(self.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
+        self._publish_status("online")
         self.wake.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self.stop.is_set():
             message = f"lost the broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port} ({rc}); " \
                       "readings wait in the outbox"
             log.warning("%s", message)
-            if not self.stop.is_set():
-                self.stats.error(message)
+            self.stats.error(message)
         self.stats.mqtt_connected = False
         self.connected.clear()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with self._lock:
-            seqs = self._inflight.pop(mid, None)
-            if seqs is None:
-                return
-            if rc.is_failure:
-                self._refused.extend(seqs)
-            else:
-                self._acked.extend(seqs)
+        # Called with paho's message mutex held: take no lock of ours here.
+        self._events.append((mid, bool(rc.is_failure)))
         self.wake.set()
+
+    def _publish_status(self, state: str, reason: str | None = None) -> mqtt.MQTTMessageInfo:
+        info = self.client.publish(self.status_topic, self._status(state, reason),
+                                   qos=STATUS_QOS, retain=True)
+        with self._lock:
+            self._other.add(info.mid)
+        return info
 
     # -- the drain loop (publisher thread) --------------------------------------------------
     def _settle(self) -> None:
-        with self._lock:
-            acked, self._acked = self._acked, []
-            refused, self._refused = self._refused, []
+        """Apply PUBACKs: delete acknowledged readings, re-queue refused ones."""
+        acked: list[int] = []
+        refused: list[int] = []
+        while self._events:
+            mid, failed = self._events.popleft()
+            seqs = self._inflight.pop(mid, None)
+            if seqs is None:
+                with self._lock:
+                    self._other.discard(mid)
+                continue
+            (refused if failed else acked).extend(seqs)
         if acked:
             self.outbox.delete(acked)
             self.stats.readings_acked += len(acked)
@@ -157,8 +169,7 @@ class Publisher:
                        f"{self.readings_topic}?); they stay in the outbox and are retried")
             log.error("%s", message)
             self.stats.error(message)
-            with self._lock:
-                self._handed_upto = min(self._handed_upto, min(refused) - 1)
+            self._handed_upto = min(self._handed_upto, min(refused) - 1)
 
     def _refill(self) -> None:
         now = self.clock()
@@ -171,28 +182,27 @@ class Publisher:
         """Hand the next rows to paho while the in-flight window and the rate allow."""
         batch_max = self.cfg.outbox.batch_max
         while self.connected.is_set() and not self.stop.is_set():
-            with self._lock:
-                if len(self._inflight) >= self.cfg.outbox.inflight_max:
-                    return
-                after = self._handed_upto
+            if len(self._inflight) >= self.cfg.outbox.inflight_max:
+                return
             self._refill()
             if self._tokens < 1:
                 return
-            rows = self.outbox.peek(after, min(batch_max, int(self._tokens)))
+            rows = self.outbox.peek(self._handed_upto, min(batch_max, int(self._tokens)))
             if not rows:
                 return
             payload = encode_batch([SignedReading(body, sig) for _, body, sig in rows])
-            with self._lock:
-                info = self.client.publish(self.readings_topic, payload, qos=READINGS_QOS)
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    log.error("publish failed: %s", mqtt.error_string(info.rc))
-                    return
-                self._inflight[info.mid] = [seq for seq, _, _ in rows]
-                self._handed_upto = rows[-1][0]
+            info = self.client.publish(self.readings_topic, payload, qos=READINGS_QOS)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.error("publish failed: %s", mqtt.error_string(info.rc))
+                return
+            self._inflight[info.mid] = [seq for seq, _, _ in rows]
+            self._handed_upto = rows[-1][0]
             self._tokens -= len(rows)
             self.stats.messages_published += 1
 
     def _next_wait(self) -> float:
+        if self._events:
+            return 0.0
         if self._tokens < 1:
             return max(0.001, (1 - self._tokens) / self.cfg.outbox.drain_rate_per_s)
         return 0.5
@@ -205,8 +215,7 @@ class Publisher:
                               "outbox_depth": self.outbox.depth,
                               "ts_ms": int(time.time() * 1000)}, sort_keys=True).encode()
         self.client.publish(self.heartbeat_topic, payload, qos=HEARTBEAT_QOS)
-        self.client.publish(self.status_topic, self._status("online"), qos=STATUS_QOS,
-                            retain=True)
+        self._publish_status("online")
 
     def run(self, on_tick: Callable[[], None] | None = None) -> None:
         """Connect and drain until ``stop`` is set; then publish ``offline`` and disconnect."""
@@ -236,8 +245,7 @@ class Publisher:
 
     def _shutdown(self) -> None:
         if self.connected.is_set():
-            info = self.client.publish(self.status_topic, self._status("offline", "stopped"),
-                                       qos=STATUS_QOS, retain=True)
+            info = self._publish_status("offline", "stopped")
             # Not sent in time: the broker's last will still says offline.
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2.0)

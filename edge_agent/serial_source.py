@@ -40,7 +40,7 @@ def describe_serial_error(port: str, exc: BaseException) -> str:
     if err == errno.ENOENT or "No such file" in text or not os.path.exists(port):
         return (f"serial port {port}: not present (unplugged?); check the cable and "
                 "`ls /dev/serial/by-id/`; retrying")
-    if err == errno.EBUSY or "busy" in text.lower():
+    if err in (errno.EBUSY, errno.EAGAIN) or "busy" in text.lower() or "exclusively" in text:
         return f"serial port {port}: busy; another program holds it (check with `fuser {port}`)"
     return f"serial port {port}: {text or type(exc).__name__}; retrying"
 
@@ -70,7 +70,9 @@ class SerialSource:
 
     def _open(self) -> serial.Serial | None:
         try:
-            return serial.Serial(self.port, self.baudrate, timeout=self.read_timeout_s)
+            # exclusive: a second reader on the same port would steal bytes from frames.
+            return serial.Serial(self.port, self.baudrate, timeout=self.read_timeout_s,
+                                 exclusive=True)
         except (serial.SerialException, OSError) as exc:
             message = describe_serial_error(self.port, exc)
             if self.stats.serial_state != message:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.agent import AgentProcess
 from tests.support.mosquitto import Mosquitto
 
 
@@ -22,3 +23,12 @@ def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def agent_processes() -> Iterator[list[AgentProcess]]:
+    """Agents a test started; any still running at teardown is killed, pass or fail."""
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.kill()

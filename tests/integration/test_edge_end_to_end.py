@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def device(tmp_path: Path) -> Iterator[SimulatedDevice]:
     dev.stop()
 
 
+def spawn(registry: list[AgentProcess], config: Path) -> AgentProcess:
+    agent = AgentProcess(config)
+    registry.append(agent)
+    return agent.start()
+
+
 def assert_nothing_lost(consumer: ReadingConsumer, device_id: str, dev: SimulatedDevice) -> None:
     received = consumer.frame_counters(device_id)
     assert received, "no reading arrived"
@@ -45,7 +52,8 @@ def assert_nothing_lost(consumer: ReadingConsumer, device_id: str, dev: Simulate
 
 
 def test_readings_arrive_signed_and_mosquitto_sub_sees_them(
-    tmp_path: Path, device: SimulatedDevice, topic_prefix: str
+    tmp_path: Path, device: SimulatedDevice, topic_prefix: str,
+    agent_processes: list[AgentProcess],
 ) -> None:
     config, public_key = make_device(tmp_path / "agent", "meter-01", str(device.port_path),
                                      SYSTEM_BROKER, topic_prefix)
@@ -59,7 +67,7 @@ def test_readings_arrive_signed_and_mosquitto_sub_sees_them(
          "-t", f"{topic_prefix}/devices/meter-01/status"], stdout=subprocess.PIPE, text=True,
     )
     with ReadingConsumer(SYSTEM_BROKER, topic_prefix, {"meter-01": public_key}) as consumer:
-        agent = AgentProcess(config).start()
+        agent = spawn(agent_processes, config)
         device.start()
         wait_until(lambda: consumer.count() >= 50, 60, "50 verified readings")
         out, _ = sub.communicate(timeout=60)
@@ -83,11 +91,12 @@ def test_readings_arrive_signed_and_mosquitto_sub_sees_them(
 
 
 def test_broker_outage_loses_nothing(tmp_path: Path, device: SimulatedDevice,
-                                     own_broker: Mosquitto) -> None:
+                                     own_broker: Mosquitto,
+                                     agent_processes: list[AgentProcess]) -> None:
     prefix = "senken/v1"
     config, public_key = make_device(tmp_path / "agent", "meter-02", str(device.port_path),
                                      own_broker.port, prefix)
-    agent = AgentProcess(config).start()
+    agent = spawn(agent_processes, config)
     with ReadingConsumer(own_broker.port, prefix, {"meter-02": public_key}) as consumer:
         device.start()
         wait_until(lambda: consumer.count() >= 25, 30, "readings before the outage")
@@ -110,14 +119,15 @@ def test_broker_outage_loses_nothing(tmp_path: Path, device: SimulatedDevice,
 
 
 def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
-    tmp_path: Path, device: SimulatedDevice, own_broker: Mosquitto
+    tmp_path: Path, device: SimulatedDevice, own_broker: Mosquitto,
+    agent_processes: list[AgentProcess],
 ) -> None:
     prefix = "senken/v1"
     # A slow drain so that unacknowledged readings are waiting when the agent is killed.
     config, public_key = make_device(tmp_path / "agent", "meter-03", str(device.port_path),
                                      own_broker.port, prefix,
                                      outbox={"drain_rate_per_s": 10, "batch_max": 4})
-    agent = AgentProcess(config).start()
+    agent = spawn(agent_processes, config)
     with ReadingConsumer(own_broker.port, prefix, {"meter-03": public_key}) as consumer:
         device.start()
         wait_until(lambda: len(device.sent) >= 100, 30, "100 frames")
@@ -142,7 +152,7 @@ def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
 
 
 def test_bad_frames_and_unplugged_port_never_stop_the_agent(
-    tmp_path: Path, topic_prefix: str
+    tmp_path: Path, topic_prefix: str, agent_processes: list[AgentProcess]
 ) -> None:
     faults = [Fault(fault="garbage", at_frame=10), Fault(fault="checksum", at_frame=12),
               Fault(fault="truncated", at_frame=14, line_end=True),
@@ -152,7 +162,7 @@ def test_bad_frames_and_unplugged_port_never_stop_the_agent(
                           faults=faults)
     config, public_key = make_device(tmp_path / "agent", "flare-01", str(dev.port_path),
                                      SYSTEM_BROKER, topic_prefix)
-    agent = AgentProcess(config).start()
+    agent = spawn(agent_processes, config)
     try:
         with ReadingConsumer(SYSTEM_BROKER, topic_prefix, {"flare-01": public_key}) as consumer:
             dev.start()
@@ -185,3 +195,20 @@ def test_bad_frames_and_unplugged_port_never_stop_the_agent(
         dev.stop()
         assert agent.alive()
         agent.stop()
+
+
+def test_a_second_agent_on_the_same_device_is_refused(
+    tmp_path: Path, device: SimulatedDevice, topic_prefix: str,
+    agent_processes: list[AgentProcess],
+) -> None:
+    config, _ = make_device(tmp_path / "agent", "meter-04", str(device.port_path),
+                            SYSTEM_BROKER, topic_prefix)
+    first = spawn(agent_processes, config)
+    second = subprocess.run(
+        [sys.executable, "-m", "senken", "edge", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"another agent (pid {first.proc.pid})" in second.stderr  # type: ignore[union-attr]
+    assert "Traceback" not in second.stderr
+    assert first.alive()

@@ -65,6 +65,13 @@ class AgentProcess:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """Make sure the process is gone (test teardown)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
