@@ -145,15 +145,11 @@ def status_cmd(config_path: Path | None, as_json: bool) -> None:
     from edge_agent.stats import read_status
 
     cfg = _load(config_path)
+    from edge_agent.doctor import running_agent_pid
+
     status = read_status(cfg.status_path) or {}
-    pid = status.get("pid")
-    running = False
-    if isinstance(pid, int) and status.get("serial_state") != "stopped":
-        try:
-            os.kill(pid, 0)
-            running = True
-        except OSError:
-            running = False
+    pid = running_agent_pid(cfg)
+    running = pid is not None
     depth = None
     if cfg.outbox_path.exists():
         import sqlite3

@@ -58,10 +58,20 @@ def check_serial(cfg: EdgeConfig, listen_s: float) -> Check:
     if not os.access(port, os.R_OK | os.W_OK):
         return Check("serial", False, f"{port}: permission denied; add the user to the dialout "
                      "group (sudo usermod -aG dialout $USER) and log in again")
+    holder = running_agent_pid(cfg)
+    if holder is not None:
+        # Listening now would steal frames from the running agent: report what it sees.
+        from edge_agent.stats import read_status
+
+        status = read_status(cfg.status_path) or {}
+        state = status.get("serial_state", "unknown")
+        ok = state == "reading"
+        return Check("serial", ok, f"{port}: in use by the running agent (pid {holder}): "
+                     f"{state}; {status.get('frames_ok', 0)} frames read")
     good = bad = 0
     device_ms = None
     try:
-        with serial.Serial(port, cfg.serial.baudrate, timeout=0.2) as ser:
+        with serial.Serial(port, cfg.serial.baudrate, timeout=0.2, exclusive=True) as ser:
             deadline = time.monotonic() + listen_s
             while time.monotonic() < deadline and good < 3:
                 line = ser.readline()
@@ -87,6 +97,27 @@ def check_serial(cfg: EdgeConfig, listen_s: float) -> Check:
             return Check("serial", False, f"{port}: frames arrive but the device clock is off by "
                          f"{delta:+.0f} s; set the sensor's RTC")
     return Check("serial", True, f"{port}: {good} valid frames, {bad} bad{skew}")
+
+
+def running_agent_pid(cfg: EdgeConfig) -> int | None:
+    """The pid of the agent holding this state dir's lock, or None when none runs."""
+    import fcntl
+
+    path = cfg.state_dir / "agent.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def check_clock() -> Check:

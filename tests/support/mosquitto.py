@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tests.support.tls import TlsFiles
 from tests.support.waiting import wait_until
 
 
@@ -30,14 +31,24 @@ def _port_open(port: int) -> bool:
 class Mosquitto:
     """``start()``/``stop()`` as often as a test likes; the port and the data survive."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None) -> None:
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        """``tls``: the main ``port`` speaks TLS, and ``plain_port`` plain MQTT beside it."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.plain_port = free_port() if tls else self.port
         self.conf = self.dir / "mosquitto.conf"
         self.log = self.dir / "mosquitto.log"
+        listeners = f"listener {self.port} 127.0.0.1\n"
+        if tls:
+            for src in (tls.ca, tls.cert, tls.key):
+                (self.dir / src.name).write_bytes(src.read_bytes())
+            listeners += (f"cafile {self.dir / tls.ca.name}\ncertfile {self.dir / tls.cert.name}\n"
+                          f"keyfile {self.dir / tls.key.name}\n"
+                          f"listener {self.plain_port} 127.0.0.1\n")
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            listeners +
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
@@ -47,6 +58,12 @@ class Mosquitto:
             "max_inflight_messages 100\n" + extra_conf
         )
         if os.geteuid() == 0 and shutil.which("mosquitto"):
+            # Mosquitto drops root for user mosquitto, which must reach its files: let it
+            # traverse pytest's 0700 temp directories, and own its own directory.
+            for parent in self.dir.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, (mode & 0o7777) | 0o011)
             user = pwd.getpwnam("mosquitto")
             for path in (self.dir, *self.dir.iterdir()):
                 os.chown(path, user.pw_uid, user.pw_gid)
