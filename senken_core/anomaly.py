@@ -29,6 +29,7 @@ of the graph output (see docs/model.md).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections import OrderedDict
@@ -48,6 +49,7 @@ __all__ = ["DEFAULT_MODEL_PATH", "AnomalyModel", "ModelParams", "ReadingScorer",
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v1.tflite"
 _MAX_CACHED_BATCH_SIZES = 8
 _PPM = 1_000_000
+_INFER_ROWS = 256
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -243,45 +245,46 @@ class StreamScorer:
         self._var = 0.0
         self._index = 0  # values scored so far
         self._last_alarm = -(10**18)
+        self._offsets = np.arange(-(p.window - 1), 1)
 
     # The two halves below let ReadingScorer batch several channels into one infer call.
 
-    def _prepare(self, values: Sequence[int]) -> tuple[FloatArray, list[bool]]:
-        """Windows for the values that have a full window, and which values have one."""
-        xs: list[float] = []
-        has_value: list[bool] = []
-        for v in values:
-            iv = int(v)
-            if self.cumulative:
-                if self._last is None:
-                    has_value.append(False)
-                else:
-                    xs.append(float(iv - self._last))
-                    has_value.append(True)
-                self._last = iv
-            else:
-                xs.append(float(iv))
-                has_value.append(True)
-        w = self._p.window
-        full = np.concatenate([self._history, np.array(xs, dtype=np.float64)])
-        n_old = len(self._history)
-        self._history = full[-(w - 1) :].copy() if len(full) >= w - 1 else full.copy()
-        # value k of xs sits at position n_old + k of full; it has a window if n_old + k >= w - 1
-        first = max(0, w - 1 - n_old)
-        if first >= len(xs):
-            windows = np.zeros((0, w), dtype=np.float32)
-            has_window = [False] * len(xs)
-        else:
-            view = np.lib.stride_tricks.sliding_window_view(full, w)[n_old + first - (w - 1) :]
-            windows = (view - view[:, -1:]).astype(np.float32)
-            has_window = [k >= first for k in range(len(xs))]
-        flags: list[bool] = []
-        it = iter(has_window)
-        for hv in has_value:
-            flags.append(next(it) if hv else False)
-        return windows, flags
+    def _prepare(self, values: Sequence[int]) -> tuple[FloatArray, int]:
+        """Windows for the values that have one, and how many leading values have none.
 
-    def _finish(self, out: np.ndarray, flags: Sequence[bool]) -> list[float]:
+        Values without a window (warm-up, the first value of a cumulative stream) always come
+        first, so the result is ``(windows, n_lead)`` with ``len(windows) == n - n_lead``.
+        """
+        n = len(values)
+        lead = 0
+        if self.cumulative:
+            ints = [int(v) for v in values]
+            prev = self._last
+            seq = ints if prev is None else [prev, *ints]
+            if ints:
+                self._last = ints[-1]
+            if prev is None and ints:
+                lead = 1
+            try:
+                xs = np.diff(np.array(seq, dtype=np.int64)).astype(np.float64)
+            except OverflowError:
+                xs = np.array([float(b - a) for a, b in itertools.pairwise(seq)], dtype=np.float64)
+        else:
+            xs = np.array([int(v) for v in values], dtype=np.float64)
+        w = self._p.window
+        n_old = len(self._history)
+        full = np.concatenate([self._history, xs]) if n_old else xs
+        self._history = full[-(w - 1) :].copy()
+        # xs[k] sits at position n_old + k of full; it has a window if n_old + k >= w - 1
+        first = min(len(xs), max(0, w - 1 - n_old))
+        if first >= len(xs):
+            return np.zeros((0, w), dtype=np.float32), n
+        ends = np.arange(n_old + first, len(full))  # position of each window's newest value
+        view = full[ends[:, None] + self._offsets]
+        windows = (view - full[ends][:, None]).astype(np.float32)
+        return windows, lead + first
+
+    def _finish(self, out: np.ndarray, n_lead: int) -> list[float]:
         p = self._p
         cap, thr, scale, warmup = p.raw_cap, p.threshold, p.scale, p.warmup
         suppress, horizon = p.suppress, p.horizon
@@ -291,15 +294,10 @@ class StreamScorer:
         mean, var, n_raw = self._mean, self._var, self._n_raw
         index, last_alarm = self._index, self._last_alarm
         raw = out.tolist()
-        scores: list[float] = []
-        k = 0
-        for has in flags:
+        scores: list[float] = [0.0] * n_lead
+        index += n_lead
+        for s in raw:
             index += 1
-            if not has:
-                scores.append(0.0)
-                continue
-            s = raw[k]
-            k += 1
             r = cap if s >= 1.0 else s / (1.0 - s)
             if r > cap:
                 r = cap
@@ -329,9 +327,9 @@ class StreamScorer:
 
     def score_many(self, values: Sequence[int]) -> list[float]:
         """Feed ``values`` in order; one score in ``[0, 1]`` per value (one infer call)."""
-        windows, flags = self._prepare(values)
+        windows, n_lead = self._prepare(values)
         out = self.model.infer(windows) if len(windows) else np.zeros(0, dtype=np.float32)
-        return self._finish(out, flags)
+        return self._finish(out, n_lead)
 
 
 class ReadingScorer:
@@ -355,17 +353,22 @@ class ReadingScorer:
         total = sum(sizes)
         if total:
             stacked = np.concatenate([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
-            out = self.model.infer(stacked)
+            # infer calls of at most _INFER_ROWS windows: per-row results do not depend on the
+            # batch size, and 64..256 rows per invoke is the fastest (cache) on x86-64
+            chunks = [
+                self.model.infer(stacked[i : i + _INFER_ROWS])
+                for i in range(0, total, _INFER_ROWS)
+            ]
+            out = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         else:
             out = np.zeros(0, dtype=np.float32)
-        ppm = [0] * len(rows)
+        per_channel: list[list[float]] = []
         start = 0
-        for (_, flags), size, stream in zip(parts, sizes, self.streams, strict=True):
-            scores = stream._finish(out[start : start + size], flags)
+        for (_, n_lead), size, stream in zip(parts, sizes, self.streams, strict=True):
+            per_channel.append(stream._finish(out[start : start + size], n_lead))
             start += size
-            for i, f in enumerate(scores):
-                v = int(f * _PPM + 0.5)
-                v = 0 if v < 0 else (_PPM if v > _PPM else v)
-                if v > ppm[i]:
-                    ppm[i] = v
-        return ppm
+        # scores are in [0, 1]; ppm = round half up (int(f * 1e6 + 0.5) == floor(...) here)
+        if len(rows) <= 16:
+            return [int(max(fs) * _PPM + 0.5) for fs in zip(*per_channel, strict=True)]
+        best = np.max(np.array(per_channel, dtype=np.float64), axis=0)
+        return [int(v) for v in np.floor(best * _PPM + 0.5)]

@@ -145,7 +145,6 @@ def build_model(
     window: int = WINDOW,
     query: int = QUERY,
     params: dict[str, Any] | None = None,
-    stride: int = 1,
 ) -> bytes:
     """Return the .tflite flatbuffer bytes of the window-discord graph."""
     if query < 1 or window < 3 * query:
@@ -154,9 +153,7 @@ def build_model(
     bo = schema.BuiltinOptions
     f32 = schema.TensorType.FLOAT32
     g = _Graph()
-    if stride < 1:
-        raise ValueError("stride must be >= 1")
-    n_cand = (window - 2 * query) // stride + 1  # candidate starts 0, stride, 2 * stride, ...
+    n_cand = window - 2 * query + 1  # candidate starts 0 .. window - 2 * query
     n_ref = window - query
 
     x = g.tensor("window", [1, window], f32, signature=[-1, window])
@@ -174,22 +171,11 @@ def build_model(
         g.op(op.SLICE, [x, b_t, s_t], [out_t], bo.SliceOptions, schema.SliceOptionsT())
         return out_t
 
-    def strided(name: str, begin: int) -> int:
-        out_t = vec(name, n_cand)
-        b_t = g.const_i32(f"{name}_begin", np.array([0, begin]))
-        e_t = g.const_i32(f"{name}_end", np.array([0, begin + stride * (n_cand - 1) + 1]))
-        s_t = g.const_i32(f"{name}_strides", np.array([1, stride]))
-        opts = schema.StridedSliceOptionsT()
-        opts.beginMask = 1  # whole batch dimension
-        opts.endMask = 1
-        g.op(op.STRIDED_SLICE, [x, b_t, e_t, s_t], [out_t], bo.StridedSliceOptions, opts)
-        return out_t
-
     # squared distance of every candidate start j to the query, accumulated lag by lag:
     # dist[:, j] = sum_k (x[:, j + k] - x[:, window - query + k]) ** 2
     acc = -1
     for k in range(query):
-        cand_k = slice_(f"cand_{k}", k, n_cand) if stride == 1 else strided(f"cand_{k}", k)
+        cand_k = slice_(f"cand_{k}", k, n_cand)
         q_k = slice_(f"query_{k}", window - query + k, 1)
         sq_k = vec(f"sq_{k}", n_cand)
         g.op(
