@@ -293,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         res["reference_detectors_same_data"] = reference_scores(args.nab_dir)
         meta["nab"] = res
         print(json.dumps(res, indent=2))
+    else:  # keep the previous evaluation if it was of this very file
+        old_path = args.out_dir / "anomaly-v1.json"
+        try:
+            old = json.loads(old_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("sha256") == digest and "nab" in old:
+            meta["nab"] = old["nab"]
     (args.out_dir / "anomaly-v1.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out_dir / 'anomaly-v1.json'}")
     return 0
