@@ -47,7 +47,8 @@ from senken_core.sensors import Channel
 __all__ = ["DEFAULT_MODEL_PATH", "AnomalyModel", "ModelParams", "ReadingScorer", "StreamScorer"]
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v1.tflite"
-_MAX_CACHED_BATCH_SIZES = 8
+_MAX_CACHED_BATCH_SIZES = 12
+_MAX_BUCKET = 256
 _PPM = 1_000_000
 _INFER_ROWS = 256
 
@@ -211,23 +212,33 @@ class AnomalyModel:
         return entry
 
     def infer(self, windows: np.ndarray) -> FloatArray:
-        """Scores in ``[0, 1]`` for windows ``float32 [B, window]`` (one invoke per call)."""
+        """Scores in ``[0, 1]`` for windows ``float32 [B, window]`` (one invoke per call).
+
+        One TFLite interpreter is cached per batch size (B up to 256 is padded to the next
+        power of two, so at most 9 sizes occur below that).
+        """
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (B, {self.window}), got {x.shape}")
         batch = int(x.shape[0])
         if batch == 0:
             return np.zeros(0, dtype=np.float32)
-        entry = self._interpreters.get(batch)
+        # batch sizes up to 256 run padded to the next power of two, so a handful of cached
+        # interpreters serve every size (rows are computed independently: padding changes
+        # nothing in the real rows' scores)
+        size = batch if batch > _MAX_BUCKET else 1 << (batch - 1).bit_length()
+        if size != batch:
+            x = np.concatenate([x, np.zeros((size - batch, self.window), dtype=np.float32)])
+        entry = self._interpreters.get(size)
         if entry is None:
-            entry = self._add_interpreter(batch, _make_interpreter(self._blob))
+            entry = self._add_interpreter(size, _make_interpreter(self._blob))
         else:
-            self._interpreters.move_to_end(batch)
+            self._interpreters.move_to_end(size)
         interp, i_in, i_out = entry
         interp.set_tensor(i_in, x)
         interp.invoke()
-        out: FloatArray = np.array(interp.get_tensor(i_out), dtype=np.float32).reshape(batch)
-        return out
+        out: FloatArray = np.array(interp.get_tensor(i_out), dtype=np.float32).reshape(size)
+        return out[:batch] if size != batch else out
 
 
 class StreamScorer:

@@ -66,6 +66,10 @@ def test_infer_shapes_and_range(model: AnomalyModel) -> None:
     assert out.shape == (7,) and out.dtype == np.float32
     assert np.all((out >= 0.0) & (out <= 1.0))
     assert np.array_equal(model.infer(x[:3]), out[:3])  # per-row result independent of B
+    big = rng.normal(size=(300, model.window)).astype(np.float32)
+    whole = model.infer(big)  # above the padded sizes: runs at B = 300
+    for b in (1, 2, 5, 17, 129, 256):
+        assert np.array_equal(model.infer(big[:b]), whole[:b])
     assert model.infer(np.zeros((0, model.window), dtype=np.float32)).shape == (0,)
     with pytest.raises(ValueError):
         model.infer(np.zeros((2, model.window + 1), dtype=np.float32))
