@@ -23,8 +23,8 @@ from edge_agent.outbox import Outbox
 from edge_agent.stats import AgentStats
 from senken_core.errors import FrameError
 from senken_core.frame import Frame, parse_frame, validate_frame
-from senken_core.keys import DeviceKey
-from senken_core.reading import Reading
+from senken_core.keys import READING_TAG, DeviceKey
+from senken_core.reading import ReadingEncoder
 
 __all__ = ["ReadingPipeline", "Scorer"]
 
@@ -63,6 +63,7 @@ class ReadingPipeline:
         self.clock = clock
         self._scorer_for_kind = scorer_for_kind
         self._scorers: dict[str, Scorer] = {}
+        self._encoders: dict[str, ReadingEncoder] = {}
         self._last_counter = outbox.last_frame_counter()
         self._skewed = False
 
@@ -153,20 +154,16 @@ class ReadingPipeline:
             start = end
         first_seq = self.outbox.reserve(len(frames))
         rows = []
+        sign = self.key.sign
         for i, (frame, score) in enumerate(zip(frames, scores, strict=True)):
-            reading = Reading(
-                device=self.device_id,
-                seq=first_seq + i,
-                ts_ms=now_ms,
-                kind=frame.kind,
-                frame_counter=frame.counter,
-                device_ms=frame.device_ms,
-                values=frame.values,
-                model_sha256=self.model_sha256,
-                anomaly_ppm=score,
-            )
-            signed = reading.sign(self.key)
-            rows.append((reading.seq, signed.body, signed.signature))
+            encoder = self._encoders.get(frame.kind)
+            if encoder is None:
+                encoder = self._encoders[frame.kind] = ReadingEncoder(
+                    self.device_id, frame.kind, [n for n, _ in frame.values], self.model_sha256
+                )
+            body = encoder.encode(first_seq + i, now_ms, frame.counter, frame.device_ms,
+                                  [v for _, v in frame.values], score)
+            rows.append((first_seq + i, body, sign(READING_TAG, body)))
         self.outbox.append(rows, self._last_counter)
         self.stats.readings_signed += len(rows)
         self.stats.last_reading_ms = now_ms

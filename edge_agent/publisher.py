@@ -36,6 +36,9 @@ from senken_core.topics import HEARTBEAT_QOS, READINGS_QOS, STATUS_QOS, device_t
 
 __all__ = ["Publisher", "build_client"]
 
+DELETE_EVERY_S = 0.5
+DELETE_BATCH = 512
+
 log = logging.getLogger(__name__)
 
 
@@ -88,6 +91,8 @@ class Publisher:
         self._inflight: dict[int, list[int]] = {}  # readings messages: mid -> seqs
         self._lock = threading.Lock()
         self._other: set[int] = set()  # status messages (QoS 1) awaiting PUBACK
+        self._acked: list[int] = []  # acknowledged seqs not yet deleted
+        self._last_delete = clock()
         self._handed_upto = -1
         self._tokens = float(cfg.outbox.batch_max)
         self._last_refill = clock()
@@ -149,9 +154,9 @@ class Publisher:
         return info
 
     # -- the drain loop (publisher thread) --------------------------------------------------
-    def _settle(self) -> None:
+    def _settle(self, force: bool = False) -> None:
         """Apply PUBACKs: delete acknowledged readings, re-queue refused ones."""
-        acked: list[int] = []
+        acked = self._acked
         refused: list[int] = []
         while self._events:
             mid, failed = self._events.popleft()
@@ -161,9 +166,15 @@ class Publisher:
                     self._other.discard(mid)
                 continue
             (refused if failed else acked).extend(seqs)
-        if acked:
+        # Deletes are grouped (at most every DELETE_EVERY_S or DELETE_BATCH rows): acknowledged
+        # rows are above _handed_upto, so they are never handed out twice meanwhile.
+        now = self.clock()
+        if acked and (force or len(acked) >= DELETE_BATCH or
+                      now - self._last_delete >= DELETE_EVERY_S):
             self.outbox.delete(acked)
             self.stats.readings_acked += len(acked)
+            self._acked = []
+            self._last_delete = now
         if refused:
             message = (f"broker refused {len(refused)} readings (not authorised for "
                        f"{self.readings_topic}?); they stay in the outbox and are retried")
@@ -201,11 +212,15 @@ class Publisher:
             self.stats.messages_published += 1
 
     def _next_wait(self) -> float:
+        """How long the drain loop may sleep before it has something to do."""
         if self._events:
             return 0.0
+        wait = 0.5
         if self._tokens < 1:
-            return max(0.001, (1 - self._tokens) / self.cfg.outbox.drain_rate_per_s)
-        return 0.5
+            wait = min(wait, (1 - self._tokens) / self.cfg.outbox.drain_rate_per_s)
+        if self._acked:
+            wait = min(wait, self._last_delete + DELETE_EVERY_S - self.clock())
+        return max(0.001, wait)
 
     def heartbeat(self) -> None:
         """Publish a heartbeat and refresh the retained status."""
@@ -249,6 +264,6 @@ class Publisher:
             # Not sent in time: the broker's last will still says offline.
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2.0)
-        self._settle()
+        self._settle(force=True)
         self.client.disconnect()
         self.client.loop_stop()

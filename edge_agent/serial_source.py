@@ -111,17 +111,21 @@ class SerialSource:
 
     def _read(self, port: serial.Serial) -> None:
         buffer = b""
+        lines: list[bytes] = []
         while not self.stop.is_set():
             chunk = port.read(max(1, port.in_waiting))
-            if not chunk:
-                continue
-            buffer += chunk
-            if b"\n" not in buffer:
-                if len(buffer) > MAX_FRAME_BYTES:
+            if chunk:
+                buffer += chunk
+                if b"\n" in buffer:
+                    *complete, buffer = buffer.split(b"\n")
+                    lines += complete
+                elif len(buffer) > MAX_FRAME_BYTES:
                     self.stats.frames_rejected["too_long"] += 1
                     log.warning("discarded %d bytes without a line end", len(buffer))
                     buffer = b""
-                continue
-            *lines, buffer = buffer.split(b"\n")
-            for start in range(0, len(lines), _MAX_LINES_PER_BATCH):
-                self.handle(lines[start : start + _MAX_LINES_PER_BATCH])
+            # Process everything already waiting as one batch (one model call, one commit);
+            # keep reading while more is waiting and the batch is not full.
+            if lines and (len(lines) >= _MAX_LINES_PER_BATCH or not port.in_waiting):
+                for start in range(0, len(lines), _MAX_LINES_PER_BATCH):
+                    self.handle(lines[start : start + _MAX_LINES_PER_BATCH])
+                lines = []

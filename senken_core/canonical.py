@@ -31,6 +31,8 @@ _U64 = 2**64
 
 def encode_head(major: int, n: int) -> bytes:
     """The shortest head for major type ``major`` with argument ``n`` (for fast paths)."""
+    if n < 24:
+        return _SMALL_HEADS[major][n]
     return _head(major, n)
 
 
@@ -45,6 +47,9 @@ def _head(major: int, n: int) -> bytes:
     if n < 0x100000000:
         return struct.pack(">BI", mt | 26, n)
     return struct.pack(">BQ", mt | 27, n)
+
+
+_SMALL_HEADS = tuple(tuple(bytes(((major << 5) | n,)) for n in range(24)) for major in range(8))
 
 
 def _enc(value: Value, out: list[bytes], depth: int) -> None:

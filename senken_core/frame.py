@@ -40,8 +40,7 @@ __all__ = [
 PROTOCOL_TAG = "SK1"
 MAX_FRAME_BYTES = 256
 _U32 = 2**32
-_INT = re.compile(rb"-?(0|[1-9][0-9]{0,18})\Z")
-_UINT = re.compile(rb"(0|[1-9][0-9]{0,18})\Z")
+_TAG = PROTOCOL_TAG.encode("ascii")
 _NAME = re.compile(rb"[a-z][a-z0-9_]{0,31}\Z")
 _HEX8 = re.compile(rb"[0-9A-F]{8}\Z")
 
@@ -69,6 +68,33 @@ def encode_frame(frame: Frame) -> bytes:
     return b"$" + body + b"*" + frame_checksum(body).encode("ascii") + b"\r\n"
 
 
+def _uint(raw: bytes) -> int | None:
+    """A decimal without sign or leading zeros (stricter than int(): no '+', '_', spaces)."""
+    if raw.isdigit() and (len(raw) == 1 or raw[0] != 0x30) and len(raw) <= 19:
+        return int(raw)
+    return None
+
+
+def _sint(raw: bytes) -> int | None:
+    if raw[:1] == b"-":
+        value = _uint(raw[1:])
+        return None if value is None or value == 0 else -value
+    return _uint(raw)
+
+
+_VALID_NAMES: set[bytes] = set()
+
+
+def _name_ok(name: bytes) -> bool:
+    if name in _VALID_NAMES:
+        return True
+    if not _NAME.match(name):
+        return False
+    if len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add(name)
+    return True
+
+
 def parse_frame(line: bytes) -> Frame:
     """Parse one line into a :class:`Frame`, checking syntax and checksum only.
 
@@ -86,26 +112,29 @@ def parse_frame(line: bytes) -> Frame:
     body, crc = text[start + 1 : star], text[star + 1 :]
     if not _HEX8.match(crc):
         raise FrameError("syntax", "checksum is not 8 upper-case hex digits", line)
-    if frame_checksum(body) != crc.decode("ascii"):
+    if zlib.crc32(body) != int(crc, 16):
         raise FrameError("checksum", f"checksum mismatch (frame says {crc.decode()})", line)
     fields = body.split(b",")
     if len(fields) < 5:
         raise FrameError("syntax", f"{len(fields)} fields, need at least 5", line)
-    if fields[0] != PROTOCOL_TAG.encode():
+    if fields[0] != _TAG:
         raise FrameError("version", f"unknown protocol {fields[0]!r}", line)
-    if not _UINT.match(fields[1]) or int(fields[1]) >= _U32:
+    counter = _uint(fields[1])
+    if counter is None or counter >= _U32:
         raise FrameError("syntax", "counter is not an integer in 0..2^32-1", line)
-    if not _UINT.match(fields[2]):
+    device_ms = _uint(fields[2])
+    if device_ms is None:
         raise FrameError("syntax", "device_ms is not a non-negative integer", line)
-    if not _NAME.match(fields[3]):
+    if not _name_ok(fields[3]):
         raise FrameError("syntax", "sensor kind is not a lower-case name", line)
     values: list[tuple[str, int]] = []
     for field in fields[4:]:
         name, sep, raw = field.partition(b"=")
-        if not sep or not _NAME.match(name) or not _INT.match(raw):
+        value = _sint(raw) if sep else None
+        if value is None or not _name_ok(name):
             raise FrameError("syntax", f"channel field {field[:40]!r} is not name=integer", line)
-        values.append((name.decode("ascii"), int(raw)))
-    return Frame(int(fields[1]), int(fields[2]), fields[3].decode("ascii"), tuple(values))
+        values.append((name.decode("ascii"), value))
+    return Frame(counter, device_ms, fields[3].decode("ascii"), tuple(values))
 
 
 def validate_frame(frame: Frame) -> SensorKind:

@@ -15,6 +15,7 @@ import os
 import stat
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -66,10 +67,11 @@ def check_key_file(path: Path) -> os.stat_result:
 class DeviceKey:
     """An Ed25519 signing key that lives on one device and never leaves it."""
 
-    __slots__ = ("_signing", "public_key")
+    __slots__ = ("_secret", "_signing", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         self._signing = nacl.signing.SigningKey(seed)
+        self._secret: bytes = self._signing._signing_key  # libsodium's 64-byte secret key
         self.public_key: bytes = bytes(self._signing.verify_key)
 
     @classmethod
@@ -78,7 +80,9 @@ class DeviceKey:
 
     def sign(self, tag: bytes, body: bytes) -> bytes:
         """The 64-byte signature over ``tag || SHA-256(body)``."""
-        return self._signing.sign(signing_message(tag, body)).signature
+        # The binding skips PyNaCl's SignedMessage wrapper; the agent signs every reading.
+        signed: bytes = nacl.bindings.crypto_sign(signing_message(tag, body), self._secret)
+        return signed[:64]
 
     def save(self, path: Path) -> None:
         """Write the key to ``path`` with mode 0600; refuses to overwrite an existing key."""

@@ -120,3 +120,14 @@ def test_signature_is_domain_separated() -> None:
     other = DeviceKey(bytes(32))
     with pytest.raises(SignatureError):
         verify_signature(other.public_key, READING_TAG, body, sig)
+
+
+@given(readings)
+def test_reading_encoder_equals_reading_canonical(reading: Reading) -> None:
+    from senken_core.reading import ReadingEncoder
+
+    names = [name for name, _ in reading.values]
+    encoder = ReadingEncoder(reading.device, reading.kind, names, reading.model_sha256)
+    body = encoder.encode(reading.seq, reading.ts_ms, reading.frame_counter, reading.device_ms,
+                          [v for _, v in reading.values], reading.anomaly_ppm)
+    assert body == reading.canonical()
