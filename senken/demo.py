@@ -58,8 +58,12 @@ def _wait(predicate: Any, timeout: float) -> bool:
 
 @contextlib.contextmanager
 def broker(workdir: Path, requested: str | None) -> Iterator[tuple[int, str, str]]:
-    """Yield (port, MQTT protocol, description) of a broker for the demo."""
-    if requested:
+    """Yield (port, MQTT protocol, description) of a broker for the demo.
+
+    ``requested``: ``127.0.0.1:PORT`` (use that broker), ``mosquitto`` (start one), ``amqtt``
+    (run one in-process), or None (the first that works, in that order from the module doc).
+    """
+    if requested not in (None, "mosquitto", "amqtt"):
         host, _, port_text = requested.rpartition(":")
         if host not in ("127.0.0.1", "localhost") or not port_text.isdigit():
             raise click.BadParameter("use 127.0.0.1:PORT", param_hint="--broker")
@@ -67,11 +71,13 @@ def broker(workdir: Path, requested: str | None) -> Iterator[tuple[int, str, str
             raise click.ClickException(f"no broker listening on {requested}")
         yield int(port_text), "5", f"broker at {requested}"
         return
-    if _listening(1883):
+    if requested is None and _listening(1883):
         yield 1883, "5", "Mosquitto already running at 127.0.0.1:1883"
         return
     port = _free_port()
-    if shutil.which("mosquitto"):
+    if requested == "mosquitto" and not shutil.which("mosquitto"):
+        raise click.ClickException("mosquitto is not installed (apt-get install mosquitto)")
+    if requested != "amqtt" and shutil.which("mosquitto"):
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                         "max_queued_messages 100000\n")
@@ -169,8 +175,10 @@ def _describe(reading: Any) -> str:
               help="frames per second per device")
 @click.option("--duration", type=click.FloatRange(0), default=30.0, show_default=True,
               help="seconds to run (0: until Ctrl-C)")
-@click.option("--broker", "broker_addr", default=None, metavar="127.0.0.1:PORT",
-              help="use this broker instead of finding or starting one")
+@click.option("--broker", "broker_addr", default=None,
+              metavar="127.0.0.1:PORT|mosquitto|amqtt",
+              help="use this broker, start mosquitto, or run amqtt in-process "
+              "[default: 127.0.0.1:1883 if up, else mosquitto, else amqtt]")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
               help="where the demo devices keep keys and outboxes [default: a temp dir]")
 def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None,
@@ -243,6 +251,6 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
         with subscriber.lock:
             total = sum(subscriber.verified.values())
         echo(f"done: {total} signed readings from {devices} devices arrived and verified; "
-             f"outboxes hold {sum(a.outbox.depth for a in agents)} unsent")
+             f"{sum(a.outbox.depth for a in agents)} more in flight when stopped")
         if total == 0:
             raise click.ClickException("no reading arrived: see the messages above")
