@@ -1,27 +1,42 @@
-"""``senken``: one command, a subcommand group per role."""
+"""``senken``: one command, a subcommand group per role.
+
+Groups are imported only when used, so ``senken edge run`` on a device loads the agent and
+nothing of the simulator, the model tooling or the demo.
+"""
 
 from __future__ import annotations
 
-import click
+import importlib
 
-from edge_agent.cli import edge_group
-from edge_agent.model.cli import model_group
-from firmware_sim.cli import sim_group
-from senken.demo import demo_cmd
+import click
 
 __all__ = ["cli", "main"]
 
+_GROUPS = {
+    "demo": ("senken.demo", "demo_cmd"),
+    "edge": ("edge_agent.cli", "edge_group"),
+    "model": ("edge_agent.model.cli", "model_group"),
+    "sim": ("firmware_sim.cli", "sim_group"),
+}
 
-@click.group(help="Senken: signed field readings to verifiable carbon credits.")
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_GROUPS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _GROUPS:
+            return None
+        module, attr = _GROUPS[cmd_name]
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, help="Senken: signed field readings to verifiable carbon credits.")
 @click.version_option(package_name="senken")
 def cli() -> None:
     pass
-
-
-cli.add_command(edge_group)
-cli.add_command(sim_group)
-cli.add_command(model_group)
-cli.add_command(demo_cmd)
 
 
 def main() -> None:

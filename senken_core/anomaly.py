@@ -50,7 +50,9 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v1.tf
 _MAX_CACHED_BATCH_SIZES = 12
 _MAX_BUCKET = 256
 _PPM = 1_000_000
-_INFER_ROWS = 256
+# 64 windows per invoke: the fastest per window here (4.7 us against 7.4 us at 256, whose
+# intermediate tensors also cost 7 MB more RSS per cached interpreter).
+_INFER_ROWS = 64
 
 FloatArray = npt.NDArray[np.float32]
 
