@@ -136,7 +136,9 @@ def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
         wait_until(lambda: agent.status().get("frames_ok", 0) >= total, 30, "all frames read")
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
         backlog = agent.outbox_depth()
-        assert backlog > 0, "the kill should leave unacknowledged readings"
+        assert backlog >= 30, "the kill should leave a backlog of unacknowledged readings"
+        with consumer.lock:
+            delivered_before = {seq for _, _, seq in consumer.arrivals}
         agent.start()
         device.resume()
         wait_until(lambda: len(device.sent) >= total + 50, 30, "frames after restart")
@@ -145,6 +147,14 @@ def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
         wait_until(lambda: last in consumer.frame_counters("meter-03"), 90, "every reading")
         assert_nothing_lost(consumer, "meter-03", device)
         assert not consumer.rejected
+        # The backlog drained oldest first, and no faster than drain_rate_per_s (10/s, with a
+        # burst of at most one second's worth): a lower bound on time, whatever the load.
+        with consumer.lock:
+            drained = [(t, seq) for t, _, seq in consumer.arrivals if seq not in delivered_before]
+        backlog_seqs = [seq for _, seq in drained][:backlog]
+        assert backlog_seqs == sorted(backlog_seqs), "backlog not drained oldest first"
+        span = drained[backlog - 1][0] - drained[0][0]
+        assert span >= (backlog - 10 - 4) / 10, f"{backlog} readings drained in {span:.1f} s"
         # Sequence numbers were never reused for a different reading.
         seqs = sorted(seq for _, seq in consumer.readings)
         assert len(seqs) == len(set(seqs)) == consumer.count("meter-03")

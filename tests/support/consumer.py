@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -24,6 +25,7 @@ class ReadingConsumer:
         self.readings: dict[tuple[str, int], Reading] = {}
         self.deliveries: Counter[tuple[str, int]] = Counter()
         self.rejected: list[str] = []
+        self.arrivals: list[tuple[float, str, int]] = []  # first deliveries: (time, device, seq)
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -46,6 +48,8 @@ class ReadingConsumer:
                 reading = signed.verify(key)
                 assert reading.device == parsed[0]
                 with self.lock:
+                    if not self.deliveries[(reading.device, reading.seq)]:
+                        self.arrivals.append((time.monotonic(), reading.device, reading.seq))
                     self.deliveries[(reading.device, reading.seq)] += 1
                     self.readings[(reading.device, reading.seq)] = reading
         except (SenkenError, AssertionError, KeyError) as exc:
