@@ -41,6 +41,15 @@ def spawn(registry: list[AgentProcess], config: Path) -> AgentProcess:
     return agent.start()
 
 
+def wait_for_last_frame(consumer: ReadingConsumer, device_id: str, dev: SimulatedDevice,
+                        timeout: float = 60) -> None:
+    """Stop the device, then wait until its last frame arrived as a reading."""
+    dev.pause()
+    last = dev.sent[-1].counter
+    wait_until(lambda: last in consumer.frame_counters(device_id), timeout,
+               f"the last frame of {device_id}")
+
+
 def assert_nothing_lost(consumer: ReadingConsumer, device_id: str, dev: SimulatedDevice) -> None:
     received = consumer.frame_counters(device_id)
     assert received, "no reading arrived"
@@ -108,9 +117,7 @@ def test_broker_outage_loses_nothing(tmp_path: Path, device: SimulatedDevice,
         assert agent.status().get("mqtt_connected") is False
         own_broker.start()
         wait_until(lambda: len(device.sent) >= sent_at_stop + 150, 30, "frames after outage")
-        device.pause()
-        last = device.sent[-1].counter
-        wait_until(lambda: last in consumer.frame_counters("meter-02"), 60, "the backlog")
+        wait_for_last_frame(consumer, "meter-02", device, 60)
         assert_nothing_lost(consumer, "meter-02", device)
         assert not consumer.rejected
         wait_until(lambda: agent.outbox_depth() == 0, 30, "the outbox to drain")
@@ -142,9 +149,7 @@ def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
         agent.start()
         device.resume()
         wait_until(lambda: len(device.sent) >= total + 50, 30, "frames after restart")
-        device.pause()
-        last = device.sent[-1].counter
-        wait_until(lambda: last in consumer.frame_counters("meter-03"), 90, "every reading")
+        wait_for_last_frame(consumer, "meter-03", device, 90)
         assert_nothing_lost(consumer, "meter-03", device)
         assert not consumer.rejected
         # The backlog drained oldest first, and no faster than drain_rate_per_s (10/s, with a
@@ -182,9 +187,7 @@ def test_bad_frames_and_unplugged_port_never_stop_the_agent(
             assert rejected.get("range", 0) == 1, rejected
             assert rejected.get("syntax", 0) >= 1, rejected
             # Let the agent read everything written so far, then pull the cable.
-            dev.pause()
-            last = dev.sent[-1].counter
-            wait_until(lambda: last in consumer.frame_counters("flare-01"), 30, "last frame")
+            wait_for_last_frame(consumer, "flare-01", dev, 30)
             dev.unplug()
             wait_until(lambda: "unplugged" in str(agent.status().get("serial_state")), 20,
                        "the agent to report the missing port")
@@ -196,9 +199,7 @@ def test_bad_frames_and_unplugged_port_never_stop_the_agent(
             wait_until(lambda: agent.status().get("serial_state") == "reading", 20,
                        "the agent to reopen the port")
             wait_until(lambda: consumer.count() >= before + 25, 30, "readings after replug")
-            dev.pause()
-            last = dev.sent[-1].counter
-            wait_until(lambda: last in consumer.frame_counters("flare-01"), 30, "last frame")
+            wait_for_last_frame(consumer, "flare-01", dev, 30)
             assert_nothing_lost(consumer, "flare-01", dev)
             assert not consumer.rejected
     finally:
