@@ -5,10 +5,10 @@
 1. Baseline, same run: raw Ed25519 signatures per second (PyNaCl, one core) over the message a
    reading signature covers (tag + SHA-256 digest).
 2. Pipeline through a pseudo-terminal: a simulated meter writes frames as fast as the reader
-   takes them, from a process of its own (the firmware is another device); the agent's
-   SerialSource reads them, and the pipeline parses, validates, scores
-   (TFLite), reserves sequence numbers, signs and commits to the SQLite outbox (WAL,
-   synchronous=FULL). Readings committed per second, and the ratio to (1). Target >= 0.5.
+   takes them, from a process of its own (the firmware is another device); an in-process
+   agent reads them, parses, validates and scores (TFLite) on its serial thread, reserves
+   sequence numbers, signs and commits to the SQLite outbox (WAL, synchronous=FULL) on its
+   signer thread. Readings committed per second, and the ratio to (1). Target >= 0.5.
 3. The agent as a process (`senken edge run`) at 50 frames/s against the broker on
    127.0.0.1:1883: peak resident memory (target <= 40 MB) against a bare Python interpreter's
    in the same run, and CPU time per reading against the raw sign time.
@@ -36,14 +36,11 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.outbox import Outbox
-from edge_agent.pipeline import ReadingPipeline
-from edge_agent.serial_source import SerialSource
+from edge_agent.app import EdgeAgent
+from edge_agent.config import EdgeConfig
 from edge_agent.stats import AgentStats
 from firmware_sim.device import SimulatedDevice
-from senken_core.anomaly import AnomalyModel, ReadingScorer
 from senken_core.keys import READING_TAG, DeviceKey
-from senken_core.sensors import sensor_kind
 
 
 def sign_rate(n: int) -> float:
@@ -72,41 +69,48 @@ dev.stop()
 
 
 def pipeline_rate(n: int, workdir: Path) -> tuple[float, AgentStats]:
-    """Readings/s through the pty; the firmware writes from a process of its own."""
-    model = AnomalyModel.load()
-    stats = AgentStats()
-    outbox = Outbox(workdir / "outbox.db", max_readings=10 * n)
-    pipeline = ReadingPipeline(
-        device_id="bench-meter", key=DeviceKey.generate(), outbox=outbox,
-        scorer_for_kind=lambda k: ReadingScorer(model, sensor_kind(k).channels),
-        model_sha256=model.sha256, stats=stats, max_clock_skew_ms=10**12,
-    )
+    """Readings/s stored by a whole in-process agent; the firmware writes from its own process.
+
+    The agent runs exactly as `senken edge run` does (serial thread checking and scoring,
+    signer thread signing and committing), with its broker unreachable so that only reading,
+    scoring, signing and storing are measured.
+    """
     link = workdir / "tty"
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(link), str(n)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               cwd=ROOT)
     assert writer.stdin is not None and writer.stdout is not None
     assert writer.stdout.readline().strip() == "ready"
-    stop = threading.Event()
-    source = SerialSource(str(link), 115200, pipeline.process, stats, stop)
-    reader = threading.Thread(target=source.run, daemon=True)
-    reader.start()
-    source.opened.wait(10)
+    home = workdir / "pipeline-agent"
+    home.mkdir()
+    DeviceKey.generate().save(home / "device.key")
+    cfg = EdgeConfig.model_validate({
+        "device_id": "bench-meter", "state_dir": str(home), "serial": {"port": str(link)},
+        "mqtt": {"port": free_port()}, "outbox": {"max_readings": 10 * n},
+        "max_clock_skew_s": 10**9,
+    })
+    agent = EdgeAgent(cfg)
+    agent.start()
+    agent.source.opened.wait(10)
     start = time.perf_counter()
     writer.stdin.write("go\n")
     writer.stdin.flush()
     sent = int(writer.stdout.readline())
     tick = threading.Event()
-    while stats.readings_signed < sent and time.perf_counter() - start < 300:
+    while agent.stats.readings_signed < sent and time.perf_counter() - start < 300:
         tick.wait(0.0005)
     elapsed = time.perf_counter() - start
     writer.stdin.write("stop\n")
     writer.stdin.flush()
     writer.wait(30)
-    stop.set()
-    reader.join(5)
-    outbox.close()
-    return stats.readings_signed / elapsed, stats
+    agent.stop()
+    return agent.stats.readings_signed / elapsed, agent.stats
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def broker_up() -> bool:

@@ -140,7 +140,8 @@ def test_sigkill_agent_loses_nothing_and_reuses_no_sequence(
         wait_until(lambda: len(device.sent) >= 100, 30, "100 frames")
         device.pause()
         total = len(device.sent)
-        wait_until(lambda: agent.status().get("frames_ok", 0) >= total, 30, "all frames read")
+        wait_until(lambda: agent.status().get("readings_signed", 0) >= total, 30,
+                   "all frames stored")
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
         backlog = agent.outbox_depth()
         assert backlog >= 30, "the kill should leave a backlog of unacknowledged readings"
