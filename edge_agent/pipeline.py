@@ -15,11 +15,13 @@ For each batch of lines read from the port (one line per frame):
 1. parses and validates every frame (checksum, syntax, kind, channels, ranges), then checks
    the firmware frame counter is monotonic (a lower or equal counter is a replay or a duplicate
    and is rejected; 0 marks a firmware boot; a jump forward counts the frames missed);
-2. scores the accepted frames with the anomaly model, one model call for the whole batch;
+2. refuses the newest frames if the outbox is full (before scoring, so that the model only
+   ever sees values that get signed), then scores the rest, one model call per batch;
 3. reserves sequence numbers durably, signs each reading, and commits the batch to the outbox.
 
-A bad frame is counted by reason and logged; it never stops the batch or the agent. When the
-outbox is full, the newest frames are refused before signing (counted as ``outbox_full``).
+A bad frame is counted by reason and logged; it never stops the batch or the agent. Every
+reading carries ``scored_since_seq``, the first sequence number this agent process scored: the
+model's per-stream state starts empty there, which is where a verifier starts its replay.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class ReadingPipeline:
         self._scorer_for_kind = scorer_for_kind
         self._scorers: dict[str, Scorer] = {}
         self._encoders: dict[str, ReadingEncoder] = {}
+        # The first seq this process scored: the model's stream state starts empty there.
+        self._scored_since: int | None = None
         self._last_counter = outbox.last_frame_counter()
         self._skewed = False
 
@@ -151,6 +155,18 @@ class ReadingPipeline:
         if not accepted:
             return None
         self.stats.frames_ok += len(accepted)
+        # Refuse before scoring: the model's per-stream state must only ever see the values of
+        # readings that get signed, or a verifier replaying them could not reproduce the scores.
+        free = self.outbox.free_slots()
+        if len(accepted) > free:
+            refused = len(accepted) - free
+            self.stats.readings_refused_full += refused
+            self.stats.error(f"outbox full ({self.outbox.max_readings} readings): "
+                             f"{refused} newest readings refused; check the broker link")
+            log.error("outbox full: refusing %d readings", refused)
+            accepted = accepted[:free]
+            if not accepted:
+                return None
         return CheckedBatch(accepted, self._score(accepted), now_ms)
 
     def _score(self, frames: list[Frame]) -> list[int]:
@@ -170,30 +186,19 @@ class ReadingPipeline:
         return scores
 
     def store(self, batch: CheckedBatch) -> int:
-        """Stage B: sign and durably store a checked batch; returns readings stored.
-
-        When the outbox is full, the newest frames are refused before signing (no sequence
-        number is consumed for them).
-        """
+        """Stage B: sign and durably store a checked batch; returns readings stored."""
         frames, scores = batch.frames, batch.scores
-        free = self.outbox.free_slots()
-        if len(frames) > free:
-            refused = len(frames) - free
-            self.stats.readings_refused_full += refused
-            self.stats.error(f"outbox full ({self.outbox.max_readings} readings): "
-                             f"{refused} newest readings refused; check the broker link")
-            log.error("outbox full: refusing %d readings", refused)
-            frames, scores = frames[:free], scores[:free]
-            if not frames:
-                return 0
         first_seq = self.outbox.reserve(len(frames))
+        if self._scored_since is None:
+            self._scored_since = first_seq
         rows = []
         sign = self.key.sign
         for i, (frame, score) in enumerate(zip(frames, scores, strict=True)):
             encoder = self._encoders.get(frame.kind)
             if encoder is None:
                 encoder = self._encoders[frame.kind] = ReadingEncoder(
-                    self.device_id, frame.kind, [n for n, _ in frame.values], self.model_sha256
+                    self.device_id, frame.kind, [n for n, _ in frame.values], self.model_sha256,
+                    self._scored_since,
                 )
             body = encoder.encode(first_seq + i, batch.now_ms, frame.counter, frame.device_ms,
                                   [v for _, v in frame.values], score)

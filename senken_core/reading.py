@@ -49,6 +49,7 @@ _FIELDS = frozenset(
         "values",
         "model_sha256",
         "anomaly_ppm",
+        "scored_since_seq",
     }
 )
 
@@ -65,6 +66,7 @@ _K_SEQ, _K_KIND, _K_TS, _K_DEVICE, _K_VALUES = (
 _K_DEVICE_MS, _K_ANOMALY, _K_MODEL, _K_FRAME_COUNTER = (
     canonical.encode(k) for k in ("device_ms", "anomaly_ppm", "model_sha256", "frame_counter")
 )
+_K_SCORED_SINCE = canonical.encode("scored_since_seq")
 _ORDER_CACHE: dict[tuple[str, ...], tuple[tuple[bytes, str], ...]] = {}
 
 
@@ -85,7 +87,9 @@ class Reading:
 
     ``values`` are ``(channel, integer)`` pairs; ``anomaly_ppm`` is the model's score in
     millionths (0 = normal, 1_000_000 = certainly anomalous) from the model whose file hashes
-    to ``model_sha256``.
+    to ``model_sha256``. ``scored_since_seq`` (<= ``seq``) is the first sequence number the
+    signing agent process scored: the model's per-stream state started empty there, so a
+    verifier reproduces ``anomaly_ppm`` by replaying the device's readings from that one.
     """
 
     device: str
@@ -97,6 +101,7 @@ class Reading:
     values: tuple[tuple[str, int], ...]
     model_sha256: bytes
     anomaly_ppm: int
+    scored_since_seq: int
 
     def canonical(self) -> bytes:
         """The canonical body bytes that are signed.
@@ -117,6 +122,7 @@ class Reading:
         parts += (_K_DEVICE_MS, _int(self.device_ms), _K_ANOMALY, _int(self.anomaly_ppm))
         parts += (_K_MODEL, head(2, len(self.model_sha256)), self.model_sha256)
         parts += (_K_FRAME_COUNTER, _int(self.frame_counter))
+        parts += (_K_SCORED_SINCE, _int(self.scored_since_seq))
         return b"".join(parts)
 
     @classmethod
@@ -136,13 +142,16 @@ class Reading:
         if not isinstance(device, str) or not DEVICE_ID_PATTERN.match(device):
             raise EncodingError("device is not a valid device id")
         ints: dict[str, int] = {}
-        for name in ("seq", "ts_ms", "frame_counter", "device_ms", "anomaly_ppm"):
+        for name in ("seq", "ts_ms", "frame_counter", "device_ms", "anomaly_ppm",
+                     "scored_since_seq"):
             v = obj[name]
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _U63:
                 raise EncodingError(f"{name} is not a non-negative 63-bit integer")
             ints[name] = v
         if ints["anomaly_ppm"] > 1_000_000:
             raise EncodingError("anomaly_ppm is not an integer in 0..1000000")
+        if ints["scored_since_seq"] > ints["seq"]:
+            raise EncodingError("scored_since_seq is above seq")
         if not isinstance(kind_name, str):
             raise EncodingError("kind is not a text string")
         if not isinstance(model, bytes) or len(model) != 32:
@@ -170,6 +179,7 @@ class Reading:
             values=ordered,
             model_sha256=model,
             anomaly_ppm=ints["anomaly_ppm"],
+            scored_since_seq=ints["scored_since_seq"],
         )
 
     def sign(self, key: DeviceKey) -> SignedReading:
@@ -185,10 +195,15 @@ class ReadingEncoder:
     fields (a property test checks it). Values are given in ``channels`` order.
     """
 
-    __slots__ = ("_p1", "_p2", "_p3", "_p4", "_p5", "_p6", "_slots")
+    __slots__ = ("_p1", "_p2", "_p3", "_p4", "_p5", "_p6", "_p7", "_slots")
 
     def __init__(
-        self, device: str, kind: str, channels: Sequence[str], model_sha256: bytes
+        self,
+        device: str,
+        kind: str,
+        channels: Sequence[str],
+        model_sha256: bytes,
+        scored_since_seq: int,
     ) -> None:
         head = canonical.encode_head
         order = _value_order(tuple(channels))
@@ -201,6 +216,7 @@ class ReadingEncoder:
         self._p4 = _K_DEVICE_MS
         self._p5 = _K_ANOMALY
         self._p6 = _K_MODEL + head(2, len(model_sha256)) + model_sha256 + _K_FRAME_COUNTER
+        self._p7 = _K_SCORED_SINCE + _int(scored_since_seq)
 
     def encode(
         self,
@@ -215,7 +231,7 @@ class ReadingEncoder:
         for key_bytes, i in self._slots:
             parts += (key_bytes, _int(values[i]))
         parts += (self._p4, _int(device_ms), self._p5, _int(anomaly_ppm), self._p6,
-                  _int(frame_counter))
+                  _int(frame_counter), self._p7)
         return b"".join(parts)
 
 

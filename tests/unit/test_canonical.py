@@ -63,24 +63,27 @@ def test_encode_rejects_values_outside_the_subset() -> None:
             canonical.encode(bad)  # type: ignore[arg-type]
 
 
-readings = st.builds(
-    Reading,
-    device=st.from_regex(r"[a-z0-9][a-z0-9-]{2,20}", fullmatch=True),
-    seq=st.integers(0, 2**63 - 1),
-    ts_ms=st.integers(0, 2**63 - 1),
-    kind=st.sampled_from(["elec_meter", "biogas_flare", "soil_co2", "other_kind"]),
-    frame_counter=st.integers(0, 2**32 - 1),
-    device_ms=st.integers(0, 2**63 - 1),
-    values=st.dictionaries(
-        st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), st.integers(-(2**62), 2**62),
-        min_size=1, max_size=4,
-    ).map(lambda d: tuple(d.items())),
-    model_sha256=st.binary(min_size=32, max_size=32),
-    anomaly_ppm=st.integers(0, 1_000_000),
-)
+@st.composite
+def readings(draw: st.DrawFn) -> Reading:
+    seq = draw(st.integers(0, 2**63 - 1))
+    return Reading(
+        device=draw(st.from_regex(r"[a-z0-9][a-z0-9-]{2,20}", fullmatch=True)),
+        seq=seq,
+        ts_ms=draw(st.integers(0, 2**63 - 1)),
+        kind=draw(st.sampled_from(["elec_meter", "biogas_flare", "soil_co2", "other_kind"])),
+        frame_counter=draw(st.integers(0, 2**32 - 1)),
+        device_ms=draw(st.integers(0, 2**63 - 1)),
+        values=tuple(draw(st.dictionaries(
+            st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True),
+            st.integers(-(2**62), 2**62), min_size=1, max_size=4,
+        )).items()),
+        model_sha256=draw(st.binary(min_size=32, max_size=32)),
+        anomaly_ppm=draw(st.integers(0, 1_000_000)),
+        scored_since_seq=draw(st.integers(0, seq)),
+    )
 
 
-@given(readings)
+@given(readings())
 def test_reading_fast_encoder_equals_generic_encoder(reading: Reading) -> None:
     generic = canonical.encode(
         {
@@ -88,6 +91,7 @@ def test_reading_fast_encoder_equals_generic_encoder(reading: Reading) -> None:
             "kind": reading.kind, "frame_counter": reading.frame_counter,
             "device_ms": reading.device_ms, "values": dict(reading.values),
             "model_sha256": reading.model_sha256, "anomaly_ppm": reading.anomaly_ppm,
+            "scored_since_seq": reading.scored_since_seq,
         }
     )
     assert reading.canonical() == generic
@@ -100,7 +104,7 @@ KEY = DeviceKey(bytes(range(32)))
 
 
 @settings(max_examples=200)
-@given(readings, st.data())
+@given(readings(), st.data())
 def test_any_changed_byte_breaks_the_signature(reading: Reading, data: st.DataObject) -> None:
     signed = reading.sign(KEY)
     assert signed.verify(KEY.public_key) == Reading.from_canonical(signed.body)
@@ -113,7 +117,8 @@ def test_any_changed_byte_breaks_the_signature(reading: Reading, data: st.DataOb
 
 
 def test_signature_is_domain_separated() -> None:
-    body = Reading("dev-1", 1, 2, "elec_meter", 3, 4, (("power_w", 5),), b"\0" * 32, 0).canonical()
+    reading = Reading("dev-1", 1, 2, "elec_meter", 3, 4, (("power_w", 5),), b"\0" * 32, 0, 0)
+    body = reading.canonical()
     sig = KEY.sign(READING_TAG, body)
     with pytest.raises(SignatureError):
         verify_signature(KEY.public_key, b"senken/other/v1\x00", body, sig)
@@ -122,12 +127,19 @@ def test_signature_is_domain_separated() -> None:
         verify_signature(other.public_key, READING_TAG, body, sig)
 
 
-@given(readings)
+@given(readings())
 def test_reading_encoder_equals_reading_canonical(reading: Reading) -> None:
     from senken_core.reading import ReadingEncoder
 
     names = [name for name, _ in reading.values]
-    encoder = ReadingEncoder(reading.device, reading.kind, names, reading.model_sha256)
+    encoder = ReadingEncoder(reading.device, reading.kind, names, reading.model_sha256,
+                             reading.scored_since_seq)
     body = encoder.encode(reading.seq, reading.ts_ms, reading.frame_counter, reading.device_ms,
                           [v for _, v in reading.values], reading.anomaly_ppm)
     assert body == reading.canonical()
+
+
+def test_scored_since_seq_cannot_exceed_seq() -> None:
+    reading = Reading("dev-1", 5, 2, "elec_meter", 3, 4, (("power_w", 5),), b"\0" * 32, 0, 6)
+    with pytest.raises(EncodingError, match="scored_since_seq"):
+        Reading.from_canonical(reading.canonical())

@@ -126,3 +126,38 @@ def test_reading_dedup_identity(tmp_path: Path) -> None:
     pipe.process([frame(1), frame(2)])
     ids = {(r.device, r.seq) for r in (Reading.from_canonical(b) for _, b, _ in box.peek(-1, 9))}
     assert ids == {("dev-test", 0), ("dev-test", 1)}
+
+
+class RecordingScorer:
+    def __init__(self) -> None:
+        self.seen: list[Sequence[int]] = []
+
+    def score(self, rows: Sequence[Sequence[int]]) -> list[int]:
+        self.seen += rows
+        return [7] * len(rows)
+
+
+def test_the_model_only_sees_readings_that_get_signed(tmp_path: Path) -> None:
+    """A verifier replays signed readings through the model: refused frames must not count."""
+    box = Outbox(tmp_path / "outbox.db", max_readings=100)
+    scorer = RecordingScorer()
+    pipe = ReadingPipeline(device_id="dev-test", key=KEY, outbox=box,
+                           scorer_for_kind=lambda _k: scorer, model_sha256=MODEL,
+                           stats=AgentStats(), clock=lambda: 1_700_000_000.0)
+    assert pipe.process([frame(i, 1000 + i) for i in range(130)]) == 100
+    assert len(scorer.seen) == 100
+    signed = [Reading.from_canonical(b) for _, b, _ in box.peek(-1, 1000)]
+    assert [list(row) for row in scorer.seen] == [[v for _, v in r.values] for r in signed]
+
+
+def test_scored_since_seq_marks_where_each_agent_process_started(tmp_path: Path) -> None:
+    pipe, box = make_pipeline(tmp_path)
+    pipe.process([frame(1), frame(2)])
+    pipe.process([frame(3)])
+    first = [Reading.from_canonical(b) for _, b, _ in box.peek(-1, 100)]
+    assert {r.scored_since_seq for r in first} == {first[0].seq}
+    box.close()
+    pipe2, box2 = make_pipeline(tmp_path)  # the agent restarted: the model state is new
+    pipe2.process([frame(4)])
+    after = Reading.from_canonical(box2.peek(first[-1].seq, 1)[0][1])
+    assert after.scored_since_seq == after.seq > first[-1].seq

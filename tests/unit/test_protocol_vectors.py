@@ -18,7 +18,7 @@ def test_vectors_in_the_protocol_document() -> None:
                                                    ("power_w", 48250), ("voltage_dv", 2302)))
     assert encode_frame(frame).decode().rstrip() in DOC
     reading = Reading("pv-7-meter", 1000, 1764201600123, "elec_meter", 41, 1764201600000,
-                      frame.values, bytes.fromhex("ab" * 32), 1500)
+                      frame.values, bytes.fromhex("ab" * 32), 1500, 0)
     body = reading.canonical()
     assert body.hex() in DOC
     assert (READING_TAG + hashlib.sha256(body).digest()).hex() in DOC
