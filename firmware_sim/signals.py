@@ -27,6 +27,7 @@ register integrates).
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -72,7 +73,7 @@ def _hour(t: float) -> float:
     return (t % _DAY) / 3600.0
 
 
-class SignalGenerator:
+class SignalGenerator(abc.ABC):
     """Base class: one instance per simulated device; call :meth:`values` once per frame."""
 
     kind: SensorKind
@@ -88,8 +89,9 @@ class SignalGenerator:
         raw = self._raw(t, max(dt, 0.0), override or {})
         return tuple((c.name, clamp(c, raw[c.name])) for c in self.kind.channels)
 
+    @abc.abstractmethod
     def _raw(self, t: float, dt: float, override: Mapping[str, int]) -> dict[str, float]:
-        raise NotImplementedError
+        """Unclamped channel values at ``t`` (each sensor kind's generator says how)."""
 
 
 class ElecMeter(SignalGenerator):
