@@ -29,6 +29,9 @@ import click
 __all__ = ["demo_cmd"]
 
 KINDS = ("elec_meter", "biogas_flare", "soil_co2")
+# The model scores 0 until a stream has filled its window (320 values) and warm-up (50): the
+# first meter gets a voltage surge after that, so the demo shows the model flag an anomaly.
+SPIKE_AT_FRAME = 450
 NAMES = {"elec_meter": "pv-meter", "biogas_flare": "flare", "soil_co2": "soil"}
 
 
@@ -126,6 +129,8 @@ class VerifyingSubscriber:
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
         self.last: dict[str, Any] = {}
+        self.anomalies: list[Any] = []
+        self.threshold_ppm = 500_000
         self.lock = threading.Lock()
         version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="senken-demo-verifier",
@@ -154,6 +159,8 @@ class VerifyingSubscriber:
                     self.seen.add(key)
                     self.verified[reading.device] += 1
                     self.last[reading.device] = reading
+                    if reading.anomaly_ppm >= self.threshold_ppm:
+                        self.anomalies.append(reading)
         except SenkenError as exc:
             with self.lock:
                 self.rejected[type(exc).__name__] += 1
@@ -171,10 +178,11 @@ def _describe(reading: Any) -> str:
 @click.command("demo")
 @click.option("--devices", type=click.IntRange(1, 50), default=3, show_default=True,
               help="simulated devices (kinds cycle: meter, flare, soil)")
-@click.option("--rate", type=click.FloatRange(0.1, 200), default=2.0, show_default=True,
+@click.option("--rate", type=click.FloatRange(0.1, 200), default=10.0, show_default=True,
               help="frames per second per device")
-@click.option("--duration", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="seconds to run (0: until Ctrl-C)")
+@click.option("--duration", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="seconds to run (0: until Ctrl-C); the first meter's voltage surges at frame "
+              f"{SPIKE_AT_FRAME}, after the model's warm-up")
 @click.option("--broker", "broker_addr", default=None,
               metavar="127.0.0.1:PORT|mosquitto|amqtt",
               help="use this broker, start mosquitto, or run amqtt in-process "
@@ -188,6 +196,7 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
     from edge_agent.app import EdgeAgent
     from edge_agent.config import EdgeConfig
     from firmware_sim.device import SimulatedDevice
+    from firmware_sim.faults import Fault
     from senken_core.keys import DeviceKey
 
     echo = click.echo
@@ -202,7 +211,10 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
         for i in range(devices):
             kind = KINDS[i % len(KINDS)]
             device_id = f"{NAMES[kind]}-{i + 1:02d}"
-            sim = SimulatedDevice(kind, rate_hz=rate, seed=i, link=state_dir / f"tty-{device_id}")
+            faults = [Fault(fault="spike", at_frame=SPIKE_AT_FRAME, channel="voltage_dv",
+                            factor=1.5)] if i == 0 else []
+            sim = SimulatedDevice(kind, rate_hz=rate, seed=i, link=state_dir / f"tty-{device_id}",
+                                  faults=faults)
             stack.callback(sim.stop)
             sims.append(sim)
             home = state_dir / device_id
@@ -223,6 +235,7 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
             echo(f"[2/4] device      {device_id:<14} {kind:<13} on {sim.path} "
                  f"(key {key.public_key.hex()[:16]}...)")
         subscriber = VerifyingSubscriber(port, protocol, prefix, keys)
+        subscriber.threshold_ppm = int(agents[0].model.threshold * 1_000_000)
         stack.callback(subscriber.close)
         for agent in agents:
             agent.start()
@@ -234,6 +247,7 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
         echo(f"[4/4] subscriber  verifying signatures on {prefix}/devices/+/readings")
         start = time.monotonic()
         tick = threading.Event()
+        shown = 0
         try:
             while duration == 0 or time.monotonic() - start < duration:
                 tick.wait(2.0)
@@ -246,10 +260,17 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
                         if device_id in subscriber.last:
                             echo(f"      {device_id:<14} {subscriber.verified[device_id]:>5}  "
                                  f"{_describe(subscriber.last[device_id])}")
+                    for reading in subscriber.anomalies[shown:]:
+                        echo(f"  ! anomaly flagged by {reading.device}'s model: "
+                             f"{_describe(reading)}")
+                    shown = len(subscriber.anomalies)
         except KeyboardInterrupt:
             echo("stopping")
         with subscriber.lock:
             total = sum(subscriber.verified.values())
+            flagged = len(subscriber.anomalies)
+        echo(f"done: {flagged} readings flagged anomalous by the on-device model "
+             f"(score >= {subscriber.threshold_ppm / 1e4:.0f}%, signed with each reading)")
         echo(f"done: {total} signed readings from {devices} devices arrived and verified; "
              f"{sum(a.outbox.depth for a in agents)} more in flight when stopped")
         if total == 0:

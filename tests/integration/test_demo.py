@@ -32,6 +32,18 @@ def test_demo_shows_verified_readings(tmp_path: Path, broker: str | None) -> Non
         assert device in out
 
 
+def test_demo_shows_the_model_flag_the_injected_voltage_surge(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "senken", "demo", "--devices", "1", "--rate", "100",
+         "--duration", "9", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    flagged = [line for line in result.stdout.splitlines() if "anomaly flagged" in line]
+    # Normal line voltage is about 2300 dV; the injected surge is 1.5x that.
+    assert any(re.search(r"voltage_dv=3\d{3};", line) for line in flagged), result.stdout
+
+
 def test_demo_rejects_a_bad_broker_argument(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "senken", "demo", "--broker", "10.0.0.1:1",
                              "--state-dir", str(tmp_path)], capture_output=True, text=True,
