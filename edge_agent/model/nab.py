@@ -94,7 +94,10 @@ class NabSeries:
         return lab
 
 
-def _parse_ts(text: str) -> datetime:
+def _parse_ts(text: object) -> datetime:
+    """A NAB timestamp; raises ValueError for anything else (JSON may hold any type)."""
+    if not isinstance(text, str):
+        raise ValueError(f"timestamp {text!r} is not text")
     return datetime.fromisoformat(text.strip())
 
 
@@ -151,7 +154,9 @@ def load_windows(path: Path) -> dict[str, list[tuple[datetime, datetime]]]:
         try:
             out[key] = [(_parse_ts(a), _parse_ts(b)) for a, b in wins]
         except (ValueError, TypeError):
-            raise NabDataError(f"{path}: bad window list for {key!r}") from None
+            raise NabDataError(
+                f"{path}: bad window list for {key!r}: expected [[start, end], ...] timestamps"
+            ) from None
     return out
 
 
