@@ -27,13 +27,8 @@ _MAX_LINES_PER_BATCH = 512
 
 def describe_serial_error(port: str, exc: BaseException) -> str:
     """A technician-facing sentence for a serial failure: what is wrong and what to do."""
-    cause = exc
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        nxt = cause.__cause__ or cause.__context__
-        assert nxt is not None
-        cause = nxt
     text = str(exc)
-    err = getattr(cause, "errno", None) or getattr(exc, "errno", None)
+    err = getattr(exc, "errno", None)  # pyserial's SerialException carries the OS errno
     if err == errno.EACCES or "Permission denied" in text:
         return (f"serial port {port}: permission denied; add the agent's user to the dialout "
                 "group (sudo usermod -aG dialout $USER) and log in again")

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +38,10 @@ class AgentStats:
         self.last_error_ms = int(time.time() * 1000)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "started_ms": self.started_ms,
-            "frames_ok": self.frames_ok,
-            "frames_rejected": dict(self.frames_rejected),
-            "frames_missed": self.frames_missed,
-            "firmware_reboots": self.firmware_reboots,
-            "clock_skew_frames": self.clock_skew_frames,
-            "readings_signed": self.readings_signed,
-            "readings_refused_full": self.readings_refused_full,
-            "readings_acked": self.readings_acked,
-            "messages_published": self.messages_published,
-            "serial_state": self.serial_state,
-            "mqtt_connected": self.mqtt_connected,
-            "last_error": self.last_error,
-            "last_error_ms": self.last_error_ms,
-            "last_reading_ms": self.last_reading_ms,
-        }
+        """Every field, JSON-ready (counters as plain dicts)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["frames_rejected"] = dict(self.frames_rejected)
+        return out
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -104,26 +104,11 @@ class Reading:
     scored_since_seq: int
 
     def canonical(self) -> bytes:
-        """The canonical body bytes that are signed.
-
-        A hand-unrolled form of ``canonical.encode`` of the reading map (it is on the agent's
-        hot path); a property test checks both give the same bytes.
-        """
-        head = canonical.encode_head
-        order = _value_order(tuple(name for name, _ in self.values))
-        values = dict(self.values)
-        parts = [_READING_PREFIX, _int(READING_SCHEMA), _K_SEQ, _int(self.seq), _K_KIND]
-        kind = self.kind.encode("utf-8")
-        parts += (head(3, len(kind)), kind, _K_TS, _int(self.ts_ms), _K_DEVICE)
-        device = self.device.encode("utf-8")
-        parts += (head(3, len(device)), device, _K_VALUES, head(5, len(order)))
-        for key_bytes, name in order:
-            parts += (key_bytes, _int(values[name]))
-        parts += (_K_DEVICE_MS, _int(self.device_ms), _K_ANOMALY, _int(self.anomaly_ppm))
-        parts += (_K_MODEL, head(2, len(self.model_sha256)), self.model_sha256)
-        parts += (_K_FRAME_COUNTER, _int(self.frame_counter))
-        parts += (_K_SCORED_SINCE, _int(self.scored_since_seq))
-        return b"".join(parts)
+        """The canonical body bytes that are signed (see :class:`ReadingEncoder`)."""
+        encoder = ReadingEncoder(self.device, self.kind, [name for name, _ in self.values],
+                                 self.model_sha256, self.scored_since_seq)
+        return encoder.encode(self.seq, self.ts_ms, self.frame_counter, self.device_ms,
+                              [value for _, value in self.values], self.anomaly_ppm)
 
     @classmethod
     def from_canonical(cls, body: bytes) -> Reading:
@@ -190,9 +175,10 @@ class Reading:
 class ReadingEncoder:
     """Canonical bodies of one device's readings of one kind under one model, fast.
 
-    Everything constant (keys, device, kind, model hash, the channel order) is encoded once;
-    :meth:`encode` fills in the rest. ``encode(...) == Reading(...).canonical()`` for the same
-    fields (a property test checks it). Values are given in ``channels`` order.
+    A hand-unrolled form of ``canonical.encode`` of the reading map, for the agent's hot path:
+    everything constant (keys, device, kind, model hash, the channel order) is encoded once and
+    :meth:`encode` fills in the rest. Property tests check it against ``canonical.encode``.
+    Values are given in ``channels`` order.
     """
 
     __slots__ = ("_p1", "_p2", "_p3", "_p4", "_p5", "_p6", "_p7", "_slots")

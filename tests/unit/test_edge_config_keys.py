@@ -26,8 +26,11 @@ def test_good_config_and_environment_overlay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SENKEN_EDGE_MQTT__PORT", "8883")
+    # SENKEN_EDGE_CONFIG names the file; it is not read as a (misspelt) field of it.
+    monkeypatch.setenv("SENKEN_EDGE_CONFIG", str(tmp_path / "edge.toml"))
     cfg = load_edge_config(write(tmp_path, GOOD))
     assert cfg.mqtt.port == 8883 and cfg.serial.port == "/dev/ttyUSB0"
+    assert load_edge_config() == cfg
 
 
 @pytest.mark.parametrize(
