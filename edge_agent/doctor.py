@@ -189,13 +189,11 @@ def check_broker(cfg: EdgeConfig, timeout_s: float = 5.0) -> Check:
 
 
 def check_model(cfg: EdgeConfig) -> Check:
-    import numpy as np
-
     from edge_agent.app import load_model
 
     try:
         model = load_model(cfg)
-        window = np.zeros((1, model.window), dtype=np.float32)
+        window = [[0] * model.window]
         model.infer(window)
         start = time.perf_counter()
         for _ in range(100):

@@ -2,11 +2,11 @@
 
 Shared by the edge agent (which scores each reading before signing it) and by validators
 (which replay a device's readings and must get the same scores). The model file
-``senken_core/models/anomaly-v1.tflite`` is self-contained: the graph computes, for a window of
-the last ``window`` values of one channel, a *discord ratio* in ``[0, 1)`` (how far the newest
-``query`` values are from their nearest match earlier in the window, relative to the window's
-spread), and its ``description`` field holds, as JSON, the parameters of the small deterministic
-post-processing done here in :class:`StreamScorer`:
+``senken_core/models/anomaly-v2.tflite`` is self-contained: the graph computes, for a window
+of the last ``window`` integer values of one channel, a *discord ratio* in ``[0, 1)`` (how far
+the newest ``query`` values are from their nearest match earlier in the window, relative to the
+window's spread), and its ``description`` field holds, as JSON, the parameters of the small
+deterministic post-processing done here in :class:`StreamScorer`:
 
 1. cumulative channels (energy registers) are differenced first: their increments are scored;
 2. the first ``window`` values of a stream score 0 (the window is not full yet);
@@ -24,37 +24,35 @@ Every step only depends on the values fed so far, in order, so replaying a strea
 scores whether it is fed one value at a time or in batches. Scores are bit-identical on the same
 runtime build and CPU architecture; another architecture may differ in the last float32 bits
 of the graph output (see docs/model.md).
+
+The graph runs through LiteRT's C API (:mod:`senken_core.litert`), with windows passed as int64
+buffers: nothing here imports numpy, which keeps the edge agent within its memory budget.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
-from collections import OrderedDict
+import re
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from senken_core.errors import ModelError
+from senken_core.litert import LiteRtModel, Signature
 from senken_core.sensors import Channel
 
 __all__ = ["DEFAULT_MODEL_PATH", "AnomalyModel", "ModelParams", "ReadingScorer", "StreamScorer"]
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v1.tflite"
-_MAX_CACHED_BATCH_SIZES = 12
-_MAX_BUCKET = 256
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v2.tflite"
 _PPM = 1_000_000
-# 64 windows per invoke: the fastest per window here (4.7 us against 7.4 us at 256, whose
-# intermediate tensors also cost 7 MB more RSS per cached interpreter).
-_INFER_ROWS = 64
-
-FloatArray = npt.NDArray[np.float32]
+# Stream values are clamped to +-2**62 so that the graph's int64 difference of two values
+# (each window minus its newest value) cannot overflow. Every sensor channel's range is far
+# inside it (senken_core.sensors: at most 2**53).
+_LIMIT = 2**62
+_SIGNATURE = re.compile(r"b([1-9][0-9]{0,5})\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,36 +126,43 @@ def _read_description(blob: bytes, path: Path) -> str:
         raise ModelError(f"anomaly model {path}: not a valid Senken TFLite model ({exc})") from None
 
 
-def _make_interpreter(blob: bytes) -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ModuleNotFoundError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ModuleNotFoundError:
-            raise ModelError(
-                "no TFLite runtime: install ai-edge-litert (or tflite-runtime) to score readings"
-            ) from None
-    return Interpreter(model_content=blob, num_threads=1)
+def _clamp(v: int) -> int:
+    return -_LIMIT if v < -_LIMIT else _LIMIT if v > _LIMIT else v
 
 
 class AnomalyModel:
-    """The loaded .tflite model: ``infer`` maps windows ``[B, window]`` to scores ``[B]``."""
+    """The loaded .tflite model: ``infer`` maps integer windows to discord ratios.
 
-    def __init__(self, path: Path, blob: bytes, params: ModelParams, interpreter: Any) -> None:
+    The model holds one signature ``b<B>`` per fixed batch size B; a call runs the smallest
+    that fits, in chunks of the largest. Rows are computed independently, so which batch size
+    ran a window (and what filled the rest of the batch) never changes its result (tested).
+    Not thread-safe: one scoring thread per model.
+    """
+
+    def __init__(self, path: Path, blob: bytes, params: ModelParams) -> None:
         self.path = path
         self.sha256: bytes = hashlib.sha256(blob).digest()
         self.size = len(blob)
         self.params = params
         self.window: int = params.window
         self.threshold: float = params.threshold
-        self._blob = blob
-        self._interpreters: OrderedDict[int, tuple[Any, int, int]] = OrderedDict()
-        self._add_interpreter(1, interpreter)
+        row = params.window * 8
+
+        def sizes(key: str) -> tuple[int, int] | None:
+            m = _SIGNATURE.match(key)
+            return None if m is None else (int(m[1]) * row, int(m[1]) * 4)
+
+        self._runtime = LiteRtModel(blob, sizes)
+        by_size = {int(k[1:]): sig for k, sig in self._runtime.signatures.items()}
+        if not by_size:
+            raise ModelError(f"anomaly model {path}: no b<batch> signature")
+        self._sizes = sorted(by_size)
+        self._sigs: list[Signature] = [by_size[b] for b in self._sizes]
+        self.max_batch: int = self._sizes[-1]
 
     @classmethod
     def load(cls, path: Path | None = None, expected_sha256: bytes | None = None) -> AnomalyModel:
-        """Load ``path`` (default: the packaged anomaly-v1.tflite), checking its sha256 if given.
+        """Load ``path`` (default: the packaged anomaly-v2.tflite), checking its sha256 if given.
 
         Raises :class:`ModelError` if the file is missing, unreadable, not a valid model, or its
         hash differs from ``expected_sha256``.
@@ -181,66 +186,45 @@ class AnomalyModel:
             raise ModelError(f"anomaly model {p}: file too short to be a TFLite model")
         params = ModelParams.from_description(_read_description(blob, p), p)
         try:
-            interp = _make_interpreter(blob)
-        except ModelError:
-            raise
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"anomaly model {p} cannot be loaded by TFLite: {exc}") from None
-        model = cls(p, blob, params, interp)
-        try:
-            model.infer(np.zeros((1, params.window), dtype=np.float32))
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"anomaly model {p} does not run: {exc}") from None
+            model = cls(p, blob, params)
+        except ModelError as exc:
+            raise ModelError(f"anomaly model {p} cannot be loaded: {exc}") from None
+        model.infer([[0] * params.window])
         return model
 
-    def _add_interpreter(self, batch: int, interp: Any) -> tuple[Any, int, int]:
-        inp = interp.get_input_details()[0]
-        out = interp.get_output_details()[0]
-        shape = tuple(int(v) for v in inp["shape"])
-        if len(shape) != 2 or shape[1] != self.window:
-            raise ModelError(
-                f"anomaly model {self.path}: input shape {shape}, expected (B, {self.window})"
-            )
-        if shape[0] != batch:
-            interp.resize_tensor_input(inp["index"], [batch, self.window])
-        interp.allocate_tensors()
-        entry = (interp, int(inp["index"]), int(out["index"]))
-        self._interpreters[batch] = entry
-        if len(self._interpreters) > _MAX_CACHED_BATCH_SIZES:
-            for key in list(self._interpreters):
-                if key != 1 and key != batch:
-                    del self._interpreters[key]
-                    break
-        return entry
+    def infer(self, windows: Sequence[Sequence[int]]) -> list[float]:
+        """Discord ratios in ``[0, 1)`` for integer windows of ``window`` values, newest last.
 
-    def infer(self, windows: np.ndarray) -> FloatArray:
-        """Scores in ``[0, 1]`` for windows ``float32 [B, window]`` (one invoke per call).
-
-        One TFLite interpreter is cached per batch size (B up to 256 is padded to the next
-        power of two, so at most 9 sizes occur below that).
+        Raises ``ValueError`` for a row of another length; values are clamped to +-2**62.
         """
-        x = np.ascontiguousarray(windows, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.window:
-            raise ValueError(f"expected windows of shape (B, {self.window}), got {x.shape}")
-        batch = int(x.shape[0])
-        if batch == 0:
-            return np.zeros(0, dtype=np.float32)
-        # batch sizes up to 256 run padded to the next power of two, so a handful of cached
-        # interpreters serve every size (rows are computed independently: padding changes
-        # nothing in the real rows' scores)
-        size = batch if batch > _MAX_BUCKET else 1 << (batch - 1).bit_length()
-        if size != batch:
-            x = np.concatenate([x, np.zeros((size - batch, self.window), dtype=np.float32)])
-        entry = self._interpreters.get(size)
-        if entry is None:
-            entry = self._add_interpreter(size, _make_interpreter(self._blob))
-        else:
-            self._interpreters.move_to_end(size)
-        interp, i_in, i_out = entry
-        interp.set_tensor(i_in, x)
-        interp.invoke()
-        out: FloatArray = np.array(interp.get_tensor(i_out), dtype=np.float32).reshape(size)
-        return out[:batch] if size != batch else out
+        flat = array("q")
+        for row in windows:
+            if len(row) != self.window:
+                raise ValueError(f"expected windows of {self.window} values, got {len(row)}")
+            flat.extend(_clamp(int(v)) for v in row)
+        return self.infer_flat(flat)
+
+    def infer_flat(self, flat: array[int]) -> list[float]:
+        """Like :meth:`infer` for windows laid end to end in one int64 array (no copies made
+        but the one into the model's input buffer)."""
+        w = self.window
+        rows = len(flat) // w
+        if rows * w != len(flat):
+            raise ValueError(f"expected a multiple of {w} values, got {len(flat)}")
+        src = memoryview(flat).cast("B")
+        out: list[float] = []
+        row_bytes = w * 8
+        for start in range(0, rows, self.max_batch):
+            n = min(self.max_batch, rows - start)
+            sig = self._sigs[0]
+            for size, candidate in zip(self._sizes, self._sigs, strict=True):
+                if size >= n:
+                    sig = candidate
+                    break
+            sig.input[: n * row_bytes] = src[start * row_bytes : (start + n) * row_bytes]
+            self._runtime.run(sig)
+            out += sig.output[: n * 4].cast("f").tolist()
+        return out
 
 
 class StreamScorer:
@@ -251,53 +235,51 @@ class StreamScorer:
         self.cumulative = cumulative
         p = model.params
         self._p = p
-        self._history = np.zeros(0, dtype=np.float64)  # last window-1 values (or increments)
+        self._history = array("q")  # last window-1 values (or increments)
         self._last: int | None = None  # previous register value, cumulative channels
         self._n_raw = 0
         self._mean = 0.0
         self._var = 0.0
         self._index = 0  # values scored so far
         self._last_alarm = -(10**18)
-        self._offsets = np.arange(-(p.window - 1), 1)
 
     # The two halves below let ReadingScorer batch several channels into one infer call.
 
-    def _prepare(self, values: Sequence[int]) -> tuple[FloatArray, int]:
-        """Windows for the values that have one, and how many leading values have none.
+    def _prepare(self, values: Sequence[int], out: array[int]) -> tuple[int, int]:
+        """Append to ``out`` the windows of the values that have one; return how many, and how
+        many leading values have none.
 
         Values without a window (warm-up, the first value of a cumulative stream) always come
-        first, so the result is ``(windows, n_lead)`` with ``len(windows) == n - n_lead``.
+        first, so ``n_windows + n_lead == len(values)``.
         """
         n = len(values)
         lead = 0
         if self.cumulative:
-            ints = [int(v) for v in values]
             prev = self._last
-            seq = ints if prev is None else [prev, *ints]
-            if ints:
-                self._last = ints[-1]
-            if prev is None and ints:
-                lead = 1
-            try:
-                xs = np.diff(np.array(seq, dtype=np.int64)).astype(np.float64)
-            except OverflowError:
-                xs = np.array([float(b - a) for a, b in itertools.pairwise(seq)], dtype=np.float64)
+            xs = array("q")
+            for v in values:
+                v = int(v)
+                if prev is None:
+                    lead = 1
+                else:
+                    xs.append(_clamp(v - prev))
+                prev = v
+            self._last = prev
         else:
-            xs = np.array([int(v) for v in values], dtype=np.float64)
+            xs = array("q", [_clamp(int(v)) for v in values])
         w = self._p.window
         n_old = len(self._history)
-        full = np.concatenate([self._history, xs]) if n_old else xs
-        self._history = full[-(w - 1) :].copy()
+        full = self._history + xs if n_old else xs
+        self._history = full[-(w - 1) :]
         # xs[k] sits at position n_old + k of full; it has a window if n_old + k >= w - 1
         first = min(len(xs), max(0, w - 1 - n_old))
         if first >= len(xs):
-            return np.zeros((0, w), dtype=np.float32), n
-        ends = np.arange(n_old + first, len(full))  # position of each window's newest value
-        view = full[ends[:, None] + self._offsets]
-        windows = (view - full[ends][:, None]).astype(np.float32)
-        return windows, lead + first
+            return 0, n
+        for end in range(n_old + first, len(full)):
+            out += full[end - w + 1 : end + 1]
+        return len(xs) - first, lead + first
 
-    def _finish(self, out: np.ndarray, n_lead: int) -> list[float]:
+    def _finish(self, raw: Sequence[float], n_lead: int) -> list[float]:
         p = self._p
         cap, thr, scale, warmup = p.raw_cap, p.threshold, p.scale, p.warmup
         suppress, horizon = p.suppress, p.horizon
@@ -306,7 +288,6 @@ class StreamScorer:
         sqrt = math.sqrt
         mean, var, n_raw = self._mean, self._var, self._n_raw
         index, last_alarm = self._index, self._last_alarm
-        raw = out.tolist()
         scores: list[float] = [0.0] * n_lead
         index += n_lead
         for s in raw:
@@ -340,9 +321,9 @@ class StreamScorer:
 
     def score_many(self, values: Sequence[int]) -> list[float]:
         """Feed ``values`` in order; one score in ``[0, 1]`` per value (one infer call)."""
-        windows, n_lead = self._prepare(values)
-        out = self.model.infer(windows) if len(windows) else np.zeros(0, dtype=np.float32)
-        return self._finish(out, n_lead)
+        flat = array("q")
+        _, n_lead = self._prepare(values, flat)
+        return self._finish(self.model.infer_flat(flat), n_lead)
 
 
 class ReadingScorer:
@@ -361,27 +342,14 @@ class ReadingScorer:
                 raise ValueError(f"reading {i} has {len(row)} values, expected {n_ch} channels")
         if not rows:
             return []
-        parts = [s._prepare([row[c] for row in rows]) for c, s in enumerate(self.streams)]
-        sizes = [len(w) for w, _ in parts]
-        total = sum(sizes)
-        if total:
-            stacked = np.concatenate([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
-            # infer calls of at most _INFER_ROWS windows: per-row results do not depend on the
-            # batch size, and 64..256 rows per invoke is the fastest (cache) on x86-64
-            chunks = [
-                self.model.infer(stacked[i : i + _INFER_ROWS])
-                for i in range(0, total, _INFER_ROWS)
-            ]
-            out = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        else:
-            out = np.zeros(0, dtype=np.float32)
+        # all channels' windows in one array, so that one reading's channels share one invoke
+        flat = array("q")
+        parts = [s._prepare([row[c] for row in rows], flat) for c, s in enumerate(self.streams)]
+        out = self.model.infer_flat(flat) if flat else []
         per_channel: list[list[float]] = []
         start = 0
-        for (_, n_lead), size, stream in zip(parts, sizes, self.streams, strict=True):
+        for (size, n_lead), stream in zip(parts, self.streams, strict=True):
             per_channel.append(stream._finish(out[start : start + size], n_lead))
             start += size
         # scores are in [0, 1]; ppm = round half up (int(f * 1e6 + 0.5) == floor(...) here)
-        if len(rows) <= 16:
-            return [int(max(fs) * _PPM + 0.5) for fs in zip(*per_channel, strict=True)]
-        best = np.max(np.array(per_channel, dtype=np.float64), axis=0)
-        return [int(v) for v in np.floor(best * _PPM + 0.5)]
+        return [int(max(fs) * _PPM + 0.5) for fs in zip(*per_channel, strict=True)]

@@ -29,7 +29,7 @@ def model_group() -> None:
     "model_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Model file (default: the packaged anomaly-v1.tflite).",
+    help="Model file (default: the packaged anomaly-v2.tflite).",
 )
 def info_cmd(model_path: Path | None) -> None:
     """Print the model's path, sha256, size, window and threshold."""
@@ -66,7 +66,7 @@ def info_cmd(model_path: Path | None) -> None:
     "model_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Model file (default: the packaged anomaly-v1.tflite).",
+    help="Model file (default: the packaged anomaly-v2.tflite).",
 )
 @click.option(
     "--detector",

@@ -1,4 +1,4 @@
-"""Build the on-device anomaly model ``anomaly-v1.tflite`` (deterministically) and its metadata.
+"""Build the on-device anomaly model ``anomaly-v2.tflite`` (deterministically) and its metadata.
 
 The model is a *window discord* detector: for each reading it looks at the last ``window`` values
 of one channel and asks how far the most recent ``query`` values are from their nearest match
@@ -39,11 +39,14 @@ from ai_edge_litert import schema_py_generated as schema
 
 __all__ = ["PARAMS", "build_model", "main", "model_description"]
 
-MODEL_NAME = "senken-anomaly-v1"
+MODEL_NAME = "senken-anomaly-v2"
 
 # Graph shape (structure, chosen by hand, checked on NAB: see docs/model.md).
 WINDOW = 320  # values per window: covers one daily cycle of 5-minute data (288) plus a query
 QUERY = 32  # length of the recent sub-sequence compared against the window
+# Fixed batch sizes, one signature each: 4 holds one reading of a 3-channel kind, 64 is the
+# fastest per window for backlogs (docs/model.md).
+BATCH_SIZES = (4, 16, 64)
 
 # Post-processing knobs, fitted on the NAB subset in data/nab (a small grid, docs/model.md).
 PARAMS: dict[str, Any] = {
@@ -69,13 +72,19 @@ def model_description(params: dict[str, Any] | None = None) -> str:
 
 
 class _Graph:
-    """Tiny helper collecting tensors, buffers and operators of one subgraph."""
+    """Tiny helper collecting the tensors and operators of one subgraph.
 
-    def __init__(self) -> None:
-        self.buffers: list[schema.BufferT] = [schema.BufferT()]  # 0: the empty sentinel
+    Buffers (constant data) and operator codes live at model level and are shared between
+    subgraphs: a constant with the same type and bytes is stored once.
+    """
+
+    def __init__(self, buffers: list[schema.BufferT], opcodes: list[int],
+                 consts: dict[tuple[int, bytes], int]) -> None:
+        self.buffers = buffers
+        self.opcodes = opcodes
+        self._consts = consts
         self.tensors: list[schema.TensorT] = []
         self.operators: list[schema.OperatorT] = []
-        self.opcodes: list[int] = []
 
     def tensor(
         self,
@@ -83,21 +92,22 @@ class _Graph:
         shape: list[int],
         dtype: int = schema.TensorType.FLOAT32,
         data: np.ndarray | None = None,
-        signature: list[int] | None = None,
     ) -> int:
         t = schema.TensorT()
         t.name = name
         t.shape = list(shape)
         t.type = dtype
-        if signature is not None:
-            t.shapeSignature = list(signature)
         if data is None:
             t.buffer = 0
         else:
-            b = schema.BufferT()
-            b.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
-            self.buffers.append(b)
-            t.buffer = len(self.buffers) - 1
+            raw = np.ascontiguousarray(data).tobytes()
+            index = self._consts.get((dtype, raw))
+            if index is None:
+                b = schema.BufferT()
+                b.data = np.frombuffer(raw, dtype=np.uint8)
+                self.buffers.append(b)
+                index = self._consts[(dtype, raw)] = len(self.buffers) - 1
+            t.buffer = index
         self.tensors.append(t)
         return len(self.tensors) - 1
 
@@ -141,28 +151,40 @@ def _gather(axis: int) -> schema.GatherOptionsT:
     return g
 
 
-def build_model(
-    window: int = WINDOW,
-    query: int = QUERY,
-    params: dict[str, Any] | None = None,
-) -> bytes:
-    """Return the .tflite flatbuffer bytes of the window-discord graph."""
-    if query < 1 or window < 3 * query:
-        raise ValueError("need window >= 3 * query >= 3")
+def _discord_subgraph(g: _Graph, batch: int, window: int, query: int) -> tuple[int, int]:
+    """Add the window-discord graph for a fixed ``batch``; returns (input, output) tensors.
+
+    Input int64 ``[batch, window]``: the raw integer values of each window, newest last. The
+    graph subtracts each window's newest value in int64 (exact for values up to 2**62) and
+    casts the differences to float32, so the float input of the discord computation is small
+    whatever the channel's unit; then, per window, the nearest-match distance ``a`` and the
+    spread ``sigma`` (see the module docstring) give ``a / (a + sigma)``.
+    """
     op = schema.BuiltinOperator
     bo = schema.BuiltinOptions
     f32 = schema.TensorType.FLOAT32
-    g = _Graph()
+    i64 = schema.TensorType.INT64
     n_cand = window - 2 * query + 1  # candidate starts 0 .. window - 2 * query
     n_ref = window - query
 
-    x = g.tensor("window", [1, window], f32, signature=[-1, window])
+    raw = g.tensor("window", [batch, window], i64)
+    newest = g.tensor("newest", [batch, 1], i64)
+    centred = g.tensor("centred", [batch, window], i64)
+    x = g.tensor("centred_f32", [batch, window], f32)
+    g.op(op.SLICE, [raw, g.const_i32("newest_begin", np.array([0, window - 1])),
+                    g.const_i32("newest_size", np.array([-1, 1]))],
+         [newest], bo.SliceOptions, schema.SliceOptionsT())
+    g.op(op.SUB, [raw, newest], [centred], bo.SubOptions, schema.SubOptionsT())
+    cast = schema.CastOptionsT()
+    cast.inDataType, cast.outDataType = i64, f32
+    g.op(op.CAST, [centred], [x], bo.CastOptions, cast)
+
     ax1 = g.const_i32("axis1", np.array([1]))
     inv_q = g.const_f32("inv_query", np.array([1.0 / query]))
     tiny = g.const_f32("tiny", np.array([1e-30]))
 
     def vec(name: str, width: int) -> int:
-        return g.tensor(name, [1, width], f32, signature=[-1, width])
+        return g.tensor(name, [batch, width], f32)
 
     def slice_(name: str, begin: int, width: int) -> int:
         out_t = vec(name, width)
@@ -193,14 +215,14 @@ def build_model(
             acc = nxt
 
     def col(name: str) -> int:
-        return g.tensor(name, [1], f32, signature=[-1])
+        return g.tensor(name, [batch], f32)
 
     dmin, msq, rms = col("nearest"), col("nearest_ms"), col("nearest_rms")
     g.op(op.REDUCE_MIN, [acc, ax1], [dmin], bo.ReducerOptions, _reducer(False))
     g.op(op.MUL, [dmin, inv_q], [msq], bo.MulOptions, schema.MulOptionsT())
     g.op(op.SQRT, [msq], [rms])
     ref = slice_("reference", 0, n_ref)
-    mean = g.tensor("ref_mean", [1, 1], f32, signature=[-1, 1])
+    mean = g.tensor("ref_mean", [batch, 1], f32)
     dev = vec("ref_sq_dev", n_ref)
     var, std, den0, den, out = col("ref_var"), col("ref_std"), col("den0"), col("den"), col("score")
     g.op(op.MEAN, [ref, ax1], [mean], bo.ReducerOptions, _reducer(True))
@@ -216,21 +238,53 @@ def build_model(
     g.op(op.ADD, [rms, std], [den0], bo.AddOptions, schema.AddOptionsT())
     g.op(op.ADD, [den0, tiny], [den], bo.AddOptions, schema.AddOptionsT())
     g.op(op.DIV, [rms, den], [out], bo.DivOptions, schema.DivOptionsT())
+    return raw, out
 
-    sub = schema.SubGraphT()
-    sub.tensors = g.tensors
-    sub.inputs = [x]
-    sub.outputs = [out]
-    sub.operators = g.operators
-    sub.name = "main"
+
+def build_model(
+    window: int = WINDOW,
+    query: int = QUERY,
+    params: dict[str, Any] | None = None,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+) -> bytes:
+    """Return the .tflite flatbuffer bytes of the window-discord graph.
+
+    One subgraph, and one signature ``b<B>``, per batch size in ``batch_sizes`` (ascending):
+    fixed shapes, so a runtime never resizes tensors; it runs the smallest that fits.
+    """
+    if query < 1 or window < 3 * query:
+        raise ValueError("need window >= 3 * query >= 3")
+    if not batch_sizes or list(batch_sizes) != sorted(set(batch_sizes)) or batch_sizes[0] < 1:
+        raise ValueError("batch sizes must be positive and ascending")
+    buffers: list[schema.BufferT] = [schema.BufferT()]  # 0: the empty sentinel
+    opcodes: list[int] = []
+    consts: dict[tuple[int, bytes], int] = {}
+    subgraphs, signatures = [], []
+    for index, batch in enumerate(batch_sizes):
+        g = _Graph(buffers, opcodes, consts)
+        x, out = _discord_subgraph(g, batch, window, query)
+        sub = schema.SubGraphT()
+        sub.tensors = g.tensors
+        sub.inputs = [x]
+        sub.outputs = [out]
+        sub.operators = g.operators
+        sub.name = f"b{batch}"
+        subgraphs.append(sub)
+        sig = schema.SignatureDefT()
+        sig.signatureKey = f"b{batch}"
+        sig.subgraphIndex = index
+        sig.inputs = [schema.TensorMapT(name="window", tensorIndex=x)]
+        sig.outputs = [schema.TensorMapT(name="score", tensorIndex=out)]
+        signatures.append(sig)
 
     model = schema.ModelT()
     model.version = 3
     model.description = model_description(params)
-    model.buffers = g.buffers
-    model.subgraphs = [sub]
+    model.buffers = buffers
+    model.subgraphs = subgraphs
+    model.signatureDefs = signatures
     codes = []
-    for c in g.opcodes:
+    for c in opcodes:
         oc = schema.OperatorCodeT()
         oc.builtinCode = c
         oc.deprecatedBuiltinCode = min(c, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
@@ -258,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     blob = build_model()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    tfl = args.out_dir / "anomaly-v1.tflite"
+    tfl = args.out_dir / "anomaly-v2.tflite"
     tfl.write_bytes(blob)
     digest = hashlib.sha256(blob).hexdigest()
     print(f"wrote {tfl} ({len(blob)} bytes, sha256 {digest})")
@@ -271,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         "window": WINDOW,
         "query": QUERY,
         "threshold": PARAMS["threshold"],
-        "input": "float32 [B, window]: the last `window` values of one channel (increments for "
-        "cumulative channels) minus the newest value; output float32 [B]: a / (a + sigma)",
+        "input": "int64 [B, window] for B in the signatures b4, b16, b64: the last `window` "
+        "values of one channel (increments for cumulative channels), newest last; the graph "
+        "subtracts the newest value (int64, exact) and casts to float32; output float32 [B]: "
+        "a / (a + sigma)",
+        "batch_sizes": list(BATCH_SIZES),
         "normalisation": "scale-free: the graph divides the nearest-match distance by the "
         "window's own standard deviation; the ratio is then standardised online per stream "
         "(running, then exponential, mean/variance) in senken_core.anomaly.StreamScorer",
@@ -294,15 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         meta["nab"] = res
         print(json.dumps(res, indent=2))
     else:  # keep the previous evaluation if it was of this very file
-        old_path = args.out_dir / "anomaly-v1.json"
+        old_path = args.out_dir / "anomaly-v2.json"
         try:
             old = json.loads(old_path.read_text())
         except (OSError, ValueError):
             old = {}
         if old.get("sha256") == digest and "nab" in old:
             meta["nab"] = old["nab"]
-    (args.out_dir / "anomaly-v1.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {args.out_dir / 'anomaly-v1.json'}")
+    (args.out_dir / "anomaly-v2.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.out_dir / 'anomaly-v2.json'}")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,20 +61,48 @@ def test_load_errors(tmp_path: Path) -> None:
         AnomalyModel.load(junk)
 
 
-def test_infer_shapes_and_range(model: AnomalyModel) -> None:
+def _reference_ratio(window: np.ndarray, query: int) -> np.ndarray:
+    """docs/model.md's formula in numpy: a / (a + sigma) per window (rows of ints)."""
+    x = (window - window[:, -1:]).astype(np.float32)  # minus the newest value, as float32
+    n = x.shape[1]
+    q = x[:, n - query :]
+    cands = np.stack([x[:, j : j + query] for j in range(n - 2 * query + 1)], axis=1)
+    a = np.sqrt(((cands - q[:, None, :]) ** 2).sum(axis=2).min(axis=1) / query)
+    sigma = x[:, : n - query].std(axis=1)
+    return a / (a + sigma + np.float32(1e-30))
+
+
+def test_infer_computes_the_documented_ratio(model: AnomalyModel) -> None:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(7, model.window)).astype(np.float32)
-    out = model.infer(x)
-    assert out.shape == (7,) and out.dtype == np.float32
-    assert np.all((out >= 0.0) & (out <= 1.0))
-    assert np.array_equal(model.infer(x[:3]), out[:3])  # per-row result independent of B
-    big = rng.normal(size=(300, model.window)).astype(np.float32)
-    whole = model.infer(big)  # above the padded sizes: runs at B = 300
-    for b in (1, 2, 5, 17, 129, 256):
-        assert np.array_equal(model.infer(big[:b]), whole[:b])
-    assert model.infer(np.zeros((0, model.window), dtype=np.float32)).shape == (0,)
-    with pytest.raises(ValueError):
-        model.infer(np.zeros((2, model.window + 1), dtype=np.float32))
+    x = rng.integers(-10**9, 10**9, size=(7, model.window))
+    x[3] = 5  # a flat window: no spread, no distance
+    out = model.infer(x.tolist())
+    assert len(out) == 7 and all(isinstance(v, float) and 0.0 <= v < 1.0 for v in out)
+    assert out[3] == 0.0
+    assert np.allclose(out, _reference_ratio(x, model.params.query), rtol=2e-5, atol=1e-6)
+
+
+def test_infer_rows_independent_of_batch_size(model: AnomalyModel) -> None:
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 10**6, size=(300, model.window)).tolist()
+    whole = model.infer(big)  # chunks of 64, the last one in a batch of 64 holding 44
+    assert len(whole) == 300
+    for b in (1, 2, 3, 4, 5, 17, 64, 65, 129, 256):  # every signature, padded or full
+        assert model.infer(big[:b]) == whole[:b]
+        assert model.infer(big[300 - b :]) == whole[300 - b :]
+    assert model.infer([]) == []
+    with pytest.raises(ValueError, match="windows of 320"):
+        model.infer([[0] * (model.window + 1)])
+
+
+def test_infer_extreme_values_are_exact_differences(model: AnomalyModel) -> None:
+    # values near the top of every channel range (2**53): the graph subtracts in int64, so a
+    # window that only varies by a few units far from zero still sees that variation
+    base = 2**53 - 1000
+    row = [base + (i % 7) for i in range(model.window)]
+    assert model.infer([row]) == model.infer([[i % 7 for i in range(model.window)]])
+    # beyond +-2**62 values are clamped, never an overflow
+    assert model.infer([[2**70] * model.window]) == [0.0]
 
 
 def test_spike_scores_far_above_normal_points(model: AnomalyModel) -> None:
@@ -142,3 +172,26 @@ def test_reading_scorer_rejects_wrong_row_length(model: AnomalyModel) -> None:
     with pytest.raises(ValueError, match="expected 3"):
         scorer.score([[1, 2]])
     assert scorer.score([]) == []
+
+
+def test_model_without_batch_signatures_is_refused(tmp_path: Path) -> None:
+    blob = build_model(batch_sizes=(4,))
+    path = tmp_path / "renamed.tflite"
+    path.write_bytes(blob.replace(b"b4\x00", b"x4\x00"))  # the signature key, renamed
+    with pytest.raises(ModelError, match="signature"):
+        AnomalyModel.load(path)
+
+
+def test_scoring_path_never_imports_numpy() -> None:
+    # the agent's memory budget (40 MB) has no room for numpy (~20 MB resident)
+    code = (
+        "import sys\n"
+        "import edge_agent.app\n"
+        "from senken_core.anomaly import AnomalyModel, ReadingScorer\n"
+        "from senken_core.sensors import sensor_kind\n"
+        "m = AnomalyModel.load()\n"
+        "s = ReadingScorer(m, sensor_kind('elec_meter').channels)\n"
+        "s.score([[i, 5, 7] for i in range(400)])\n"
+        "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -222,6 +222,6 @@ def test_cli_nab_bad_input(tmp_path: Path) -> None:
 def test_cli_info() -> None:
     res = CliRunner().invoke(model_group, ["info"])
     assert res.exit_code == 0, res.output
-    meta = json.loads((REPO / "senken_core" / "models" / "anomaly-v1.json").read_text())
+    meta = json.loads((REPO / "senken_core" / "models" / "anomaly-v2.json").read_text())
     assert meta["sha256"] in res.output
     assert f"window:    {meta['window']}" in res.output
