@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from edge_agent.config import DEFAULT_STATE_DIR, default_config_path, load_edge_config
-from senken_core.errors import SenkenError
+from senken_core.errors import ConfigError, SenkenError
 
 __all__ = ["edge_group"]
 
@@ -71,13 +71,10 @@ def init_cmd(device_id: str, serial_port: str, kind: str | None, state_dir: Path
     text = "\n".join(lines) + "\n"
     import tomllib
 
-    from pydantic import ValidationError
-
     try:
-        cfg = EdgeConfig.model_validate(tomllib.loads(text))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise click.BadParameter(problems) from None
+        cfg = EdgeConfig.from_dict(tomllib.loads(text))
+    except ConfigError as exc:
+        raise click.BadParameter("; ".join(exc.problems)) from None
     config_file = state_dir / "edge.toml"
     if config_file.exists():
         raise click.ClickException(f"{config_file} already exists; this device is initialised")
@@ -110,7 +107,10 @@ def run_cmd(config_path: Path | None, verbose: bool) -> None:
         agent = EdgeAgent(cfg)
     except SenkenError as exc:
         raise click.ClickException(str(exc)) from None
-    agent.run_forever()
+    try:
+        agent.run_forever()
+    except SenkenError as exc:  # a pipeline thread failed; logged with its traceback
+        raise click.ClickException(str(exc)) from None
 
 
 @edge_group.command("doctor")

@@ -21,12 +21,11 @@ names the file.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from senken_core.config import load_config
+from senken_core.config import build, load_config, setting
 from senken_core.reading import DEVICE_ID_PATTERN
 from senken_core.sensors import SENSOR_KINDS
 from senken_core.topics import DEFAULT_PREFIX
@@ -37,46 +36,54 @@ DEFAULT_STATE_DIR = Path(os.environ.get("SENKEN_EDGE_HOME", "~/.senken/edge")).e
 _PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "xxx", ""}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _known_kind(v: str) -> None:
+    if v not in SENSOR_KINDS:
+        raise ValueError(f"unknown sensor kind {v!r}; known: {', '.join(SENSOR_KINDS)}")
 
 
-class SerialConfig(_Strict):
-    port: str = Field(description="serial device, e.g. /dev/serial/by-id/...")
-    baudrate: int = Field(115200, gt=0, le=4_000_000)
-    kind: str | None = Field(None, description="expected sensor kind; frames of others rejected")
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str | None) -> str | None:
-        if v is not None and v not in SENSOR_KINDS:
-            raise ValueError(f"unknown sensor kind {v!r}; known: {', '.join(SENSOR_KINDS)}")
-        return v
+def _hex_sha256(v: str) -> None:
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ValueError("sha256 must be 64 lower-case hex digits")
 
 
-class MqttConfig(_Strict):
+def _device_id(v: str) -> None:
+    if not DEVICE_ID_PATTERN.match(v):
+        raise ValueError(
+            "device_id must be 3-63 characters of a-z, 0-9 and '-', starting with a letter "
+            "or digit"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SerialConfig:
+    port: str = setting(doc="serial device, e.g. /dev/serial/by-id/...")
+    baudrate: int = setting(115200, gt=0, le=4_000_000)
+    kind: str | None = setting(None, check=_known_kind,
+                               doc="expected sensor kind; frames of others rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
     host: str = "127.0.0.1"
-    port: int = Field(1883, gt=0, lt=65536)
+    port: int = setting(1883, gt=0, lt=65536)
     username: str | None = None
     password: str | None = None
     password_file: Path | None = None
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    session_expiry_s: int = Field(7 * 86400, ge=0)
+    keepalive_s: int = setting(30, ge=5, le=3600)
+    session_expiry_s: int = setting(7 * 86400, ge=0)
     topic_prefix: str = DEFAULT_PREFIX
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
+    protocol: Literal["5", "3.1.1"] = setting("5", doc="MQTT protocol version")
 
-    @model_validator(mode="after")
-    def _secrets(self) -> MqttConfig:
+    def __post_init__(self) -> None:
         if self.password is not None and self.password.strip().lower() in _PLACEHOLDERS:
             raise ValueError("mqtt password is a placeholder; set the real one or remove it")
         if self.password is not None and self.password_file is not None:
             raise ValueError("set mqtt password or password_file, not both")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
-        return self
 
     def read_password(self) -> str | None:
         if self.password_file is not None:
@@ -84,44 +91,40 @@ class MqttConfig(_Strict):
         return self.password
 
 
-class OutboxConfig(_Strict):
-    max_readings: int = Field(1_000_000, ge=100, description="size cap; full = refuse newest")
-    drain_rate_per_s: float = Field(2000.0, gt=0, description="backlog drain bound")
-    batch_max: int = Field(64, ge=1, le=512, description="readings per MQTT message")
-    inflight_max: int = Field(32, ge=1, le=1000, description="unacknowledged MQTT messages")
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_readings: int = setting(1_000_000, ge=100, doc="size cap; full = refuse newest")
+    drain_rate_per_s: float = setting(2000.0, gt=0, doc="backlog drain bound")
+    batch_max: int = setting(64, ge=1, le=512, doc="readings per MQTT message")
+    inflight_max: int = setting(32, ge=1, le=1000, doc="unacknowledged MQTT messages")
 
 
-class ModelConfig(_Strict):
-    path: Path | None = Field(None, description="TFLite file; default: the packaged model")
-    sha256: str | None = Field(None, description="expected hex sha256 of the model file")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v)):
-            raise ValueError("sha256 must be 64 lower-case hex digits")
-        return v
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    path: Path | None = setting(None, doc="TFLite file; default: the packaged model")
+    sha256: str | None = setting(None, check=_hex_sha256,
+                                 doc="expected hex sha256 of the model file")
 
 
-class EdgeConfig(_Strict):
-    device_id: str
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    device_id: str = setting(check=_device_id)
+    serial: SerialConfig = setting(doc="the [serial] section, with at least port")
     state_dir: Path = DEFAULT_STATE_DIR
-    serial: SerialConfig
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    heartbeat_interval_s: float = Field(30.0, gt=0)
-    max_clock_skew_s: float = Field(120.0, gt=0, description="device vs agent clock tolerance")
+    mqtt: MqttConfig = setting(default_factory=MqttConfig)
+    outbox: OutboxConfig = setting(default_factory=OutboxConfig)
+    model: ModelConfig = setting(default_factory=ModelConfig)
+    heartbeat_interval_s: float = setting(30.0, gt=0)
+    max_clock_skew_s: float = setting(120.0, gt=0, doc="device vs agent clock tolerance")
+    pipeline_threads: int = setting(
+        2, ge=1, le=2,
+        doc="2: sign and store on a thread of their own (2+ cores); 1: one thread",
+    )
 
-    @field_validator("device_id")
     @classmethod
-    def _device_id(cls, v: str) -> str:
-        if not DEVICE_ID_PATTERN.match(v):
-            raise ValueError(
-                "device_id must be 3-63 characters of a-z, 0-9 and '-', starting with a letter "
-                "or digit"
-            )
-        return v
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> EdgeConfig:
+        """Build from plain data (as a TOML file holds it); raises ConfigError."""
+        return build(cls, data, source)
 
     @property
     def key_path(self) -> Path:

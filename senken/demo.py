@@ -224,7 +224,7 @@ def demo_cmd(devices: int, rate: float, duration: float, broker_addr: str | None
             if not key_path.exists():
                 key.save(key_path)
             keys[device_id] = key.public_key
-            cfg = EdgeConfig.model_validate({
+            cfg = EdgeConfig.from_dict({
                 "device_id": device_id, "state_dir": str(home),
                 "serial": {"port": str(sim.port_path), "kind": kind},
                 "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": prefix,

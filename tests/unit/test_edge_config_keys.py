@@ -44,6 +44,7 @@ def test_good_config_and_environment_overlay(
         ('device_id = "dev-a1"\n', "serial"),
         (GOOD + '[serial]\n', "not valid TOML"),
         (GOOD.replace('[serial]', '[serial]\nkind = "wind"'), "unknown sensor kind"),
+        (GOOD.replace("[serial]", "pipeline_threads = 3\n[serial]"), "pipeline_threads"),
         ("\xff\xfe", "UTF-8"),
     ],
 )
