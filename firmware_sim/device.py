@@ -58,6 +58,15 @@ class _Active:
     end: int  # first slot no longer affected
 
 
+@dataclass
+class _Prepared:
+    """One slot run by :meth:`SimulatedDevice.prepare_burst`: garbage lines, then the frame."""
+
+    frame: Frame
+    bad: bool
+    lines: list[bytes]
+
+
 class SimulatedDevice:
     """One simulated sensor on its own pty; a context manager (enter starts, exit stops).
 
@@ -137,6 +146,7 @@ class SimulatedDevice:
         self._paused = False
         self._stopping = False
         self._resync = False
+        self._prepared: list[_Prepared] = []
         self._thread: threading.Thread | None = None
         self._port = PtyPort(self.link)
         self._port.open()
@@ -297,6 +307,73 @@ class SimulatedDevice:
                 self._slot(time.monotonic() + self.write_timeout)
         return len(self.sent) - before
 
+    def prepare_burst(self, n: int) -> int:
+        """Run ``n`` frame slots now, keeping their bytes in memory instead of writing them.
+
+        The values, counters, device times and faults are those :meth:`burst` would produce;
+        :meth:`send_prepared` then writes them. For benchmarks: the firmware's CPU is spent
+        before the reader is measured, and sending costs the writer next to nothing, as a
+        hardware UART costs the reader's CPU nothing. Returns the number of slots run (fewer
+        at ``max_frames``). Raises ValueError if ``unplug`` faults are scheduled (a prepared
+        burst has no port to pull out while it is prepared).
+        """
+        if any(f.fault == "unplug" for f in self.faults):
+            raise ValueError("prepare_burst does not support unplug faults; use burst")
+        done = 0
+        with self._lock:
+            for _ in range(n):
+                if self.finished:
+                    break
+                self._slot(0.0, self._prepared)
+                done += 1
+        return done
+
+    def send_prepared(self, chunk_bytes: int = 1 << 16) -> int:
+        """Write every prepared slot's bytes to the port, ``chunk_bytes`` per write call.
+
+        Each chunk waits up to ``write_timeout`` for room; what does not fit then is dropped,
+        as in :meth:`burst`. Frames are counted as :meth:`burst` counts them (``sent``,
+        ``frames_written``, ``frames_dropped``, ``frames_no_reader``, ``frames_lost``).
+        Returns the number of valid frames written. The prepared slots are consumed.
+        """
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, not {chunk_bytes}")
+        with self._lock:
+            prepared, self._prepared = self._prepared, []
+            if not prepared:
+                return 0
+            if not self._port.is_open:
+                self.frames_lost += len(prepared)
+                return 0
+            if not self._reader_ready():
+                self.frames_no_reader += len(prepared)
+                return 0
+            self._port.drain_input()
+            data = b"".join(line for p in prepared for line in p.lines)
+            written = 0
+            for start in range(0, len(data), chunk_bytes):
+                piece = data[start : start + chunk_bytes]
+                written += self._port.write(piece, time.monotonic() + self.write_timeout)
+                if written < start + len(piece):
+                    break
+            before = len(self.sent)
+            end = 0
+            with self._cond:
+                for p in prepared:
+                    for line in p.lines[:-1]:  # garbage lines before the frame
+                        end += len(line)
+                        if end <= written:
+                            self.frames_written += 1
+                    end += len(p.lines[-1])
+                    if end <= written:
+                        self.frames_written += 1
+                        if not p.bad:
+                            self.sent.append(p.frame)
+                    else:
+                        self.frames_dropped += 1
+                self._cond.notify_all()
+            return len(self.sent) - before
+
     def _run(self) -> None:
         period = 0.0 if math.isinf(self.rate_hz) else 1.0 / self.rate_hz
         next_due = time.monotonic()
@@ -328,17 +405,20 @@ class SimulatedDevice:
                 next_due = time.monotonic()
         self._notify()
 
-    def _slot(self, deadline: float) -> None:
-        """One frame slot (call with ``self._lock`` held); waiters see it once it is done."""
+    def _slot(self, deadline: float, prepare: list[_Prepared] | None = None) -> None:
+        """One frame slot (call with ``self._lock`` held); waiters see it once it is done.
+
+        With ``prepare``, the slot's bytes are appended there instead of being written.
+        """
         slot = self.slots
         try:
-            self._slot_body(slot, deadline)
+            self._slot_body(slot, deadline, prepare)
         finally:
             with self._cond:
                 self.slots = slot + 1
                 self._cond.notify_all()
 
-    def _slot_body(self, slot: int, deadline: float) -> None:
+    def _slot_body(self, slot: int, deadline: float, prepare: list[_Prepared] | None) -> None:
         starting = self._schedule.get(slot, ())
         for fault in starting:
             frames = fault.frames if fault.frames is not None else 1
@@ -409,6 +489,10 @@ class SimulatedDevice:
                     wire += b"\r\n"
         garbage = [f for f in starting if f.fault == "garbage"]
 
+        if prepare is not None:
+            lines = [self._garbage_line(fault) for fault in garbage]
+            prepare.append(_Prepared(frame, bad, [*lines, wire]))
+            return
         if not self._port.is_open:
             self.frames_lost += 1
             return
@@ -417,8 +501,7 @@ class SimulatedDevice:
             return
         self._port.drain_input()
         for fault in garbage:
-            length = fault.length or 32
-            line = bytes(self._garbage_rng.choices(_GARBAGE_BYTES, k=length)) + b"\r\n"
+            line = self._garbage_line(fault)
             if self._port.write(line, deadline) == len(line):
                 self.frames_written += 1
         written = self._port.write(wire, deadline)
@@ -429,6 +512,10 @@ class SimulatedDevice:
                     self.sent.append(frame)
             else:
                 self.frames_dropped += 1
+
+    def _garbage_line(self, fault: Fault) -> bytes:
+        length = fault.length or 32
+        return bytes(self._garbage_rng.choices(_GARBAGE_BYTES, k=length)) + b"\r\n"
 
     def _reader_ready(self) -> bool:
         """A reader has the port open (and has had it open for ``attach_grace``)."""

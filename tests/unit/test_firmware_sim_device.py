@@ -203,6 +203,41 @@ def test_burst_at_full_speed_loses_nothing():
     assert dev.frames_dropped == 0
 
 
+def test_prepared_burst_sends_the_frames_burst_would_send():
+    """prepare_burst + send_prepared write, byte for byte, what burst writes (faults included)."""
+    faults = [Fault(fault="garbage", at_frame=3, length=40), Fault(fault="checksum", at_frame=5)]
+    n = 2000
+    with rig(rate_hz=math.inf, faults=faults) as (dev, ser):
+        expected = burst_and_read(dev, ser, n, lines=n + 1)
+    with rig(rate_hz=math.inf, faults=faults) as (dev, ser):
+        assert dev.prepare_burst(n) == n
+        assert dev.slots == n and dev.frames_written == 0 and dev.sent == []
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.extend(read_lines(ser, n + 1)))
+        reader.start()
+        assert dev.send_prepared(chunk_bytes=5000) == n - 1
+        reader.join(timeout=10)
+        assert dev.send_prepared() == 0  # consumed
+    assert got == expected
+    assert dev.frames_written == n + 1 and dev.frames_dropped == 0
+    assert [f.counter for f in dev.sent] == [c for c in range(n) if c != 5]
+
+
+def test_prepared_burst_without_a_reader_and_with_unplug_faults():
+    dev = SimulatedDevice("elec_meter", math.inf, clock=FakeClock())
+    try:
+        assert dev.prepare_burst(5) == 5
+        assert dev.send_prepared() == 0 and dev.frames_no_reader == 5
+    finally:
+        dev.stop()
+    unplugging = SimulatedDevice("elec_meter", math.inf, faults=[Fault(fault="unplug", at_frame=2)])
+    try:
+        with pytest.raises(ValueError, match="unplug"):
+            unplugging.prepare_burst(5)
+    finally:
+        unplugging.stop()
+
+
 def test_high_rate_writer_thread():
     with rig(rate_hz=1000.0, max_frames=500) as (dev, ser):
         dev.start()
