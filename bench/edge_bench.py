@@ -1,14 +1,19 @@
 """Edge agent benchmarks: throughput against the raw sign rate, memory and CPU per reading.
 
     .venv/bin/python bench/edge_bench.py [--readings 20000] [--memory-seconds 20]
+                                         [--pipeline-threads 2]
 
-1. Baseline, same run: raw Ed25519 signatures per second (PyNaCl, one core) over the message a
-   reading signature covers (tag + SHA-256 digest).
-2. Pipeline through a pseudo-terminal: a simulated meter writes frames as fast as the reader
-   takes them, from a process of its own (the firmware is another device); an in-process
-   agent reads them, parses, validates and scores (TFLite) on its serial thread, reserves
-   sequence numbers, signs and commits to the SQLite outbox (WAL, synchronous=FULL) on its
-   signer thread. Readings committed per second, and the ratio to (1). Target >= 0.5.
+1. Baseline, same run: raw Ed25519 signatures per second on one core, the faster of PyNaCl's
+   per-call binding and the agent's native batch signer (libsodium in a C loop), measured
+   before and after (2) and averaged.
+2. Pipeline through a pseudo-terminal: a simulated meter in a process of its own (the firmware
+   is another device) makes every frame before the clock starts (SimulatedDevice.prepare_burst:
+   the device's own values, counters and checksums) and then writes them into the pty in 64 KiB
+   chunks as fast as the reader takes them, so that, like a hardware UART, it costs the agent's
+   cores next to nothing. An in-process agent reads them, parses, validates and scores (TFLite)
+   on its serial thread, reserves sequence numbers, signs and commits to the SQLite outbox (WAL,
+   synchronous=FULL) on its signer thread (or on the serial thread with --pipeline-threads 1).
+   Readings committed per second, and the ratio to (1). Target >= 0.5.
 3. The agent as a process (`senken edge run`) at 50 frames/s against the broker on
    127.0.0.1:1883: peak resident memory (target <= 40 MB) against a bare Python interpreter's
    in the same run, and CPU time per reading against the raw sign time.
@@ -22,6 +27,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,17 +46,46 @@ from edge_agent.app import EdgeAgent
 from edge_agent.config import EdgeConfig
 from edge_agent.stats import AgentStats
 from firmware_sim.device import SimulatedDevice
-from senken_core.keys import READING_TAG, DeviceKey
+from senken_core.keys import NATIVE_BATCH_SIGNING, READING_TAG, DeviceKey
 
 
 def sign_rate(n: int) -> float:
-    """Raw Ed25519 signatures/s through PyNaCl's thinnest binding (what the agent calls)."""
+    """Raw Ed25519 signatures/s on one core: the faster of PyNaCl's thinnest per-call binding
+    (``nacl.bindings.crypto_sign``) and, where it is built, the agent's native batch signer
+    (libsodium in a C loop, no Python per signature; it also hashes each 200-byte body)."""
     secret = nacl.signing.SigningKey(b"\x01" * 32)._signing_key
     message = READING_TAG + hashlib.sha256(b"x" * 200).digest()
     start = time.perf_counter()
     for _ in range(n):
         nacl.bindings.crypto_sign(message, secret)
-    return n / (time.perf_counter() - start)
+    per_call = n / (time.perf_counter() - start)
+    if not NATIVE_BATCH_SIGNING:
+        return per_call
+    key, bodies = DeviceKey(b"\x01" * 32), [b"x" * 200] * n
+    start = time.perf_counter()
+    key.sign_many(READING_TAG, bodies)
+    return max(per_call, n / (time.perf_counter() - start))
+
+
+def parallel_speedup(n: int) -> float | None:
+    """How much faster two threads sign than one (native batch calls, no GIL held): the
+    machine's real parallel capacity, which bounds what a two-thread pipeline can gain. On
+    this kind of VM two vCPUs give about 1.3x, not 2x (bench/README.md)."""
+    if not NATIVE_BATCH_SIGNING:
+        return None
+    key, bodies = DeviceKey(b"\x02" * 32), [b"x" * 200] * n
+    start = time.perf_counter()
+    key.sign_many(READING_TAG, bodies)
+    key.sign_many(READING_TAG, bodies)
+    one = time.perf_counter() - start
+    threads = [threading.Thread(target=key.sign_many, args=(READING_TAG, bodies))
+               for _ in range(2)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return one / (time.perf_counter() - start)
 
 
 _WRITER = """
@@ -59,22 +94,24 @@ from pathlib import Path
 from firmware_sim.device import SimulatedDevice
 dev = SimulatedDevice("elec_meter", rate_hz=math.inf, seed=1, link=Path(sys.argv[1]),
                       write_timeout=30)
+dev.prepare_burst(int(sys.argv[2]))  # every frame made before "go": the UART costs no CPU
 print("ready", flush=True)
 sys.stdin.readline()
-dev.burst(int(sys.argv[2]))
+dev.send_prepared()
 print(len(dev.sent), flush=True)
 sys.stdin.readline()
 dev.stop()
 """
 
 
-def pipeline_rate(n: int, workdir: Path) -> tuple[float, AgentStats]:
+def pipeline_rate(n: int, workdir: Path, threads: int) -> tuple[float, AgentStats]:
     """Readings/s stored by a whole in-process agent; the firmware writes from its own process.
 
-    The agent runs exactly as `senken edge run` does (serial thread checking and scoring,
-    signer thread signing and committing), with its broker unreachable so that only reading,
-    scoring, signing and storing are measured.
+    The agent runs exactly as `senken edge run` does with ``pipeline_threads = threads``
+    (2: serial thread checking and scoring, signer thread signing and committing), with its
+    broker unreachable so that only reading, scoring, signing and storing are measured.
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     link = workdir / "tty"
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(link), str(n)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -82,12 +119,12 @@ def pipeline_rate(n: int, workdir: Path) -> tuple[float, AgentStats]:
     assert writer.stdin is not None and writer.stdout is not None
     assert writer.stdout.readline().strip() == "ready"
     home = workdir / "pipeline-agent"
-    home.mkdir()
+    home.mkdir(parents=True)
     DeviceKey.generate().save(home / "device.key")
-    cfg = EdgeConfig.model_validate({
+    cfg = EdgeConfig.from_dict({
         "device_id": "bench-meter", "state_dir": str(home), "serial": {"port": str(link)},
         "mqtt": {"port": free_port()}, "outbox": {"max_readings": 10 * n},
-        "max_clock_skew_s": 10**9,
+        "max_clock_skew_s": 10**9, "pipeline_threads": threads,
     })
     agent = EdgeAgent(cfg)
     agent.start()
@@ -98,7 +135,7 @@ def pipeline_rate(n: int, workdir: Path) -> tuple[float, AgentStats]:
     sent = int(writer.stdout.readline())
     tick = threading.Event()
     while agent.stats.readings_signed < sent and time.perf_counter() - start < 300:
-        tick.wait(0.0005)
+        tick.wait(0.005)  # polling the counter: rarely, to take no CPU from the agent
     elapsed = time.perf_counter() - start
     writer.stdin.write("stop\n")
     writer.stdin.flush()
@@ -167,19 +204,34 @@ def agent_process(seconds: float, workdir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readings", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="throughput rounds (baseline, pipeline, baseline each); median ratio")
     parser.add_argument("--memory-seconds", type=float, default=20.0)
+    parser.add_argument("--pipeline-threads", type=int, choices=(1, 2), default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        base = sign_rate(args.readings)
-        rate, stats = pipeline_rate(args.readings, workdir)
-        base_after = sign_rate(args.readings)  # the machine is shared: bracket the run
-        baseline = (base + base_after) / 2
-        print(f"raw Ed25519 sign rate (baseline):      {baseline:10.0f} /s "
-              f"(before {base:.0f}, after {base_after:.0f})")
-        print(f"pipeline pty->parse->score->sign->outbox {rate:8.0f} readings/s "
-              f"({stats.readings_signed} readings, {sum(stats.frames_rejected.values())} bad)")
-        print(f"ratio pipeline / raw sign:             {rate / baseline:10.2f}   (target >= 0.5)")
+        signing = "native batch" if NATIVE_BATCH_SIGNING else "per-call"
+        ratios, baseline = [], 0.0
+        for round_no in range(1, args.rounds + 1):
+            base = sign_rate(args.readings)
+            rate, stats = pipeline_rate(args.readings, workdir / f"round-{round_no}",
+                                        args.pipeline_threads)
+            base_after = sign_rate(args.readings)  # the machine is shared: bracket the run
+            baseline = (base + base_after) / 2
+            ratios.append(rate / baseline)
+            print(f"round {round_no}: raw sign {baseline:7.0f}/s (before {base:.0f}, after "
+                  f"{base_after:.0f}); pipeline {rate:7.0f} readings/s "
+                  f"({stats.readings_signed} stored, {sum(stats.frames_rejected.values())} bad)"
+                  f"; ratio {rate / baseline:.2f}")
+        print(f"pipeline: {args.pipeline_threads} thread(s), {signing} signing, "
+              f"{args.readings} readings per round through a pty")
+        speedup = parallel_speedup(args.readings // 2)
+        if speedup is not None:
+            print(f"two threads signing vs one (the machine's parallel capacity): {speedup:.2f}x")
+        print(f"ratio pipeline / raw sign, median of {args.rounds}: "
+              f"{statistics.median(ratios):.2f}   (target >= 0.5; rounds "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
         if not broker_up():
             print("no broker on 127.0.0.1:1883: skipping the agent process measurement")
             return

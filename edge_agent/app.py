@@ -1,13 +1,27 @@
 """The edge agent's composition root: builds every part from the config and runs them.
 
-Threads and what flows between them::
+Threads and what flows between them (``pipeline_threads = 2``, the default)::
 
-    serial port --lines--> [serial thread: SerialSource -> ReadingPipeline] --commit--> outbox
-                                                                                      |
-    broker <--QoS 1 batches-- [publisher thread: Publisher] <--peek / delete on ack---+
+    serial port --lines--> [serial thread: SerialSource -> ReadingPipeline.check]
+                            (parse, validate, counter, outbox-full check, score,
+                             reserve seq, encode)
+                                        |
+                                        | checked batches, bounded FIFO (Signer.put blocks)
+                                        v
+                           [signer thread: Signer -> ReadingPipeline.store]
+                            (sign the batch: one GIL-free native call; commit) --> outbox
+                                                                              |
+    broker <--QoS 1 batches-- [publisher thread: Publisher] <--peek / delete on ack--+
                               (paho network thread: callbacks -> acked list, wake event)
 
-The main thread waits for SIGINT/SIGTERM and writes status.json about once a second.
+With ``pipeline_threads = 1`` the serial thread also runs ``store`` (no signer thread): for a
+single-core device, where a second thread only adds hand-off costs.
+
+The main thread waits for SIGINT/SIGTERM and writes status.json about once a second. ``stop``
+joins the serial thread first, then lets the signer store every batch already checked and
+scored, then stops the publisher. An unexpected error on the serial or signer thread (the
+outbox cannot be written, say) is logged and put in ``last_error``, and stops the agent:
+``run_forever`` then raises :class:`AgentFailed`.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +41,14 @@ from edge_agent.outbox import Outbox
 from edge_agent.pipeline import ReadingPipeline, Scorer
 from edge_agent.publisher import Publisher
 from edge_agent.serial_source import SerialSource
+from edge_agent.signer import Signer, SignerFailed
 from edge_agent.stats import AgentStats, write_status
 from senken_core.anomaly import AnomalyModel, ReadingScorer
 from senken_core.errors import SenkenError
 from senken_core.keys import DeviceKey
 from senken_core.sensors import sensor_kind
 
-__all__ = ["AGENT_VERSION", "AgentAlreadyRunning", "EdgeAgent", "load_model"]
+__all__ = ["AGENT_VERSION", "AgentAlreadyRunning", "AgentFailed", "EdgeAgent", "load_model"]
 
 AGENT_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -40,6 +56,10 @@ log = logging.getLogger(__name__)
 
 class AgentAlreadyRunning(SenkenError):
     """Another agent holds this state directory."""
+
+
+class AgentFailed(SenkenError):
+    """A pipeline thread stopped on an unexpected error (the ``__cause__``); the agent stopped."""
 
 
 def _lock_state_dir(cfg: EdgeConfig) -> int:
@@ -94,8 +114,13 @@ class EdgeAgent:
             expected_kind=cfg.serial.kind,
             max_clock_skew_ms=int(cfg.max_clock_skew_s * 1000),
         )
-        self.source = SerialSource(cfg.serial.port, cfg.serial.baudrate, self.pipeline.process,
+        self.signer: Signer | None = None
+        if cfg.pipeline_threads == 2:
+            self.signer = Signer(self.pipeline.store, on_stored=self._stored,
+                                 on_failure=self._fail, release=self.pipeline.discard)
+        self.source = SerialSource(cfg.serial.port, cfg.serial.baudrate, self._handle_lines,
                                    self.stats, self.stop_event)
+        self.failure: BaseException | None = None
         self.publisher = Publisher(cfg, self.outbox, self.stats, self.stop_event,
                                    self.identity)
         self._threads: list[threading.Thread] = []
@@ -122,15 +147,46 @@ class EdgeAgent:
             except OSError as exc:
                 log.warning("cannot write %s: %s", self.cfg.status_path, exc)
 
-    def _wake_publisher(self, lines: Any) -> int:
-        stored = self.pipeline.process(lines)
+    def _stored(self, stored: int) -> None:
         if stored:
             self.publisher.wake.set()
-        return stored
+
+    def _handle_lines(self, lines: Sequence[bytes]) -> int:
+        """Stage A on the serial thread; stage B here too, or queued for the signer thread."""
+        if self.signer is None:
+            stored = self.pipeline.process(lines)
+            self._stored(stored)
+            return stored
+        batch = self.pipeline.check(lines)
+        if batch is not None:
+            try:
+                self.signer.put(batch)
+            except BaseException:
+                self.pipeline.discard(batch)
+                raise
+        return 0
+
+    def _run_serial(self) -> None:
+        try:
+            self.source.run()
+        except SignerFailed:
+            pass  # already reported by the signer thread
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A pipeline thread died: report it (log, last_error, status) and stop the agent."""
+        if self.failure is None:
+            self.failure = exc
+        message = f"reading pipeline stopped: {exc}; the agent stops (see the log)"
+        log.error("%s", message, exc_info=exc)
+        self.stats.error(message)
+        self.stop_event.set()
 
     def start(self) -> None:
-        self.source.handle = self._wake_publisher
-        for name, target in (("serial", self.source.run),
+        if self.signer is not None:
+            self.signer.start()
+        for name, target in (("serial", self._run_serial),
                              ("publisher", lambda: self.publisher.run(self._tick))):
             thread = threading.Thread(target=target, name=f"senken-{name}", daemon=True)
             thread.start()
@@ -140,9 +196,24 @@ class EdgeAgent:
                  self.cfg.mqtt.port, self.outbox.depth)
 
     def stop(self) -> None:
+        """Stop reading, store every batch already checked and scored, stop publishing.
+
+        Idempotent in effect; safe to call after a pipeline failure (see :attr:`failure`).
+        """
         self.stop_event.set()
         self.publisher.wake.set()
-        for thread in self._threads:
+        serial, *others = self._threads or [None]
+        if serial is not None:
+            serial.join(timeout=10)
+        if self.signer is not None:
+            try:
+                # The serial thread has returned (or is stuck in a port call): nothing more is
+                # put; every batch already put is signed and committed before this returns.
+                if not self.signer.close(timeout=60):
+                    log.error("signer thread still storing after 60 s; stopping anyway")
+            except SignerFailed:
+                pass  # reported when it happened; self.failure holds it
+        for thread in others:
             thread.join(timeout=10)
         self.stats.serial_state = "stopped"
         self._last_status = 0.0
@@ -160,3 +231,5 @@ class EdgeAgent:
                 pass
         finally:
             self.stop()
+        if self.failure is not None:
+            raise AgentFailed(f"the agent stopped: {self.failure}") from self.failure

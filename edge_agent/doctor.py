@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from edge_agent.config import EdgeConfig
 from senken_core.errors import FrameError, KeyFileError, ModelError, SenkenError
 from senken_core.frame import parse_frame, validate_frame
-from senken_core.keys import DeviceKey
+from senken_core.keys import NATIVE_BATCH_SIGNING, DeviceKey
 
 __all__ = ["Check", "run_checks"]
 
@@ -42,7 +42,11 @@ def check_key(cfg: EdgeConfig) -> Check:
         key = DeviceKey.load(cfg.key_path)
     except KeyFileError as exc:
         return Check("key", False, str(exc))
-    return Check("key", True, f"{cfg.key_path} (mode 0600), public key {key.public_key.hex()}")
+    signing = ("batch signing native" if NATIVE_BATCH_SIGNING else
+               "batch signing per call (the C extension was not built: install gcc and the "
+               "Python headers, then reinstall the agent, for full speed)")
+    return Check("key", True, f"{cfg.key_path} (mode 0600), public key "
+                 f"{key.public_key.hex()}, {signing}")
 
 
 def check_serial(cfg: EdgeConfig, listen_s: float) -> Check:

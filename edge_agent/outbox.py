@@ -15,6 +15,7 @@ readings already stored, the oldest evidence, are never evicted. See docs/edge_a
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,12 @@ from senken_core.errors import SenkenError
 __all__ = ["Outbox", "OutboxError"]
 
 SEQ_BLOCK = 4096
+_INSERT_ROWS = 256  # rows per INSERT statement (768 parameters; SQLite allows 32766)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(n: int) -> str:
+    return "INSERT INTO outbox(seq, body, sig) VALUES " + ",".join(["(?, ?, ?)"] * n)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, sig BLOB NOT NULL);
@@ -46,7 +53,8 @@ class Outbox:
     def __init__(self, path: Path, max_readings: int = 1_000_000) -> None:
         self.path = path
         self.max_readings = max_readings
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connections
+        self._seq_lock = threading.Lock()  # the sequence counter (taken before _lock)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -97,18 +105,22 @@ class Outbox:
         The reservation is durable before this returns: a number returned here is never
         returned again, by this process or any later one on the same outbox.
         """
-        with self._lock:
+        # Its own lock: the counter must not wait for a commit (append holds ``_lock`` through
+        # its fsync); the database is touched only once per SEQ_BLOCK numbers.
+        with self._seq_lock:
             first = self._next_seq
             if first + n > self._reserved:
-                self._reserved = first + n + SEQ_BLOCK
-                try:
-                    self._db.execute(
-                        "INSERT INTO meta(key, value) VALUES('seq_reserved', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (self._reserved,),
-                    )
-                except sqlite3.Error as exc:
-                    raise OutboxError(f"outbox {self.path}: cannot reserve: {exc}") from exc
+                reserved = first + n + SEQ_BLOCK
+                with self._lock:
+                    try:
+                        self._db.execute(
+                            "INSERT INTO meta(key, value) VALUES('seq_reserved', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (reserved,),
+                        )
+                    except sqlite3.Error as exc:
+                        raise OutboxError(f"outbox {self.path}: cannot reserve: {exc}") from exc
+                self._reserved = reserved
             self._next_seq = first + n
             return first
 
@@ -119,7 +131,12 @@ class Outbox:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO outbox(seq, body, sig) VALUES (?, ?, ?)", rows)
+                # One multi-row INSERT per chunk instead of executemany: sqlite3 gives up the GIL
+                # around every statement step, and on a busy two-thread agent each step then
+                # waits to get it back (bench/README.md); one step per chunk waits once.
+                for start in range(0, len(rows), _INSERT_ROWS):
+                    chunk = rows[start : start + _INSERT_ROWS]
+                    self._db.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
                 if last_frame_counter is not None:
                     self._db.execute(
                         "INSERT INTO meta(key, value) VALUES('last_frame_counter', ?) "

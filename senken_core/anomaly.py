@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import re
 from array import array
 from collections.abc import Sequence
@@ -128,6 +129,15 @@ def _read_description(blob: bytes, path: Path) -> str:
 
 def _clamp(v: int) -> int:
     return -_LIMIT if v < -_LIMIT else _LIMIT if v > _LIMIT else v
+
+
+def _int64s(values: Sequence[int]) -> array[int]:
+    """``values`` (integers) as an int64 array, each clamped to +-2**62."""
+    if not values:
+        return array("q")
+    if min(values) >= -_LIMIT and max(values) <= _LIMIT:
+        return array("q", values)  # the usual case: one C loop
+    return array("q", [_clamp(int(v)) for v in values])
 
 
 class AnomalyModel:
@@ -256,17 +266,14 @@ class StreamScorer:
         lead = 0
         if self.cumulative:
             prev = self._last
-            xs = array("q")
-            for v in values:
-                v = int(v)
-                if prev is None:
-                    lead = 1
-                else:
-                    xs.append(_clamp(v - prev))
-                prev = v
-            self._last = prev
+            seq = list(values) if prev is None else [prev, *values]
+            if prev is None and seq:
+                lead = 1
+            if seq:
+                self._last = seq[-1]
+            xs = _int64s(list(map(operator.sub, seq[1:], seq[:-1])))
         else:
-            xs = array("q", [_clamp(int(v)) for v in values])
+            xs = _int64s(values)
         w = self._p.window
         n_old = len(self._history)
         full = self._history + xs if n_old else xs
@@ -275,8 +282,10 @@ class StreamScorer:
         first = min(len(xs), max(0, w - 1 - n_old))
         if first >= len(xs):
             return 0, n
+        raw = memoryview(full).cast("B")
+        size = full.itemsize
         for end in range(n_old + first, len(full)):
-            out += full[end - w + 1 : end + 1]
+            out.frombytes(raw[(end - w + 1) * size : (end + 1) * size])
         return len(xs) - first, lead + first
 
     def _finish(self, raw: Sequence[float], n_lead: int) -> list[float]:

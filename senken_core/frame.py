@@ -16,6 +16,7 @@ One frame per line, ASCII, at most :data:`MAX_FRAME_BYTES` bytes including the l
 
 :func:`parse_frame` checks syntax and checksum; :func:`validate_frame` checks the values
 against the kind's channels. Both raise :class:`FrameError` with a stable ``reason``.
+:func:`parse_valid_frame` does both, with a fast path for the common case (the agent's hot path).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "encode_frame",
     "frame_checksum",
     "parse_frame",
+    "parse_valid_frame",
     "validate_frame",
 ]
 
@@ -159,3 +161,54 @@ def validate_frame(frame: Frame) -> SensorKind:
                 f"[{channel.minimum}, {channel.maximum}]",
             )
     return kind
+
+
+# The fast path of parse_valid_frame: one regex for a well-formed line that starts with '$'
+# (the body has no '$' or '*', so they are the last '$' and the last '*' that parse_frame finds),
+# then one regex per kind for its channels in order. Numbers as _uint/_sint accept them: no
+# sign on counters, no leading zeros, no "-0", at most 19 digits (the counter's 10 are checked
+# against 2^32 below).
+_FAST_LINE = re.compile(
+    rb"\$(SK1,(0|[1-9][0-9]{0,9}),(0|[1-9][0-9]{0,18}),([a-z][a-z0-9_]{0,31}),([^$*]*))"
+    rb"\*([0-9A-F]{8})[\r\n]*\Z"
+)
+_FAST_INT = rb"(0|-?[1-9][0-9]{0,18})"
+
+
+def _fast_kind(
+    kind: SensorKind,
+) -> tuple[str, re.Pattern[bytes], tuple[str, ...], tuple[tuple[int, int], ...]]:
+    fields = b",".join(c.name.encode("ascii") + b"=" + _FAST_INT for c in kind.channels)
+    bounds = tuple((c.minimum, c.maximum) for c in kind.channels)
+    return kind.name, re.compile(fields + rb"\Z"), kind.channel_names, bounds
+
+
+_FAST_KINDS = {name.encode("ascii"): _fast_kind(kind) for name, kind in SENSOR_KINDS.items()}
+
+
+def parse_valid_frame(line: bytes) -> Frame:
+    """``parse_frame(line)`` then ``validate_frame`` on it: the same frame or the same error.
+
+    A well-formed frame of a known kind with values in range takes a fast path (two regular
+    expressions); anything else goes through :func:`parse_frame` and :func:`validate_frame`,
+    which raise :class:`FrameError` with their reasons.
+    """
+    m = _FAST_LINE.match(line) if len(line) <= MAX_FRAME_BYTES else None
+    if m is not None:
+        body, counter_b, device_ms_b, kind_b, values_b, crc = m.groups()
+        fast = _FAST_KINDS.get(kind_b)
+        counter = int(counter_b)
+        if fast is not None and counter < _U32 and zlib.crc32(body) == int(crc, 16):
+            name, pattern, names, bounds = fast
+            vm = pattern.match(values_b)
+            if vm is not None:
+                values = tuple(map(int, vm.groups()))
+                for (low, high), value in zip(bounds, values, strict=True):
+                    if not low <= value <= high:
+                        break
+                else:
+                    return Frame(counter, int(device_ms_b), name,
+                                 tuple(zip(names, values, strict=True)))
+    frame = parse_frame(line)
+    validate_frame(frame)
+    return frame

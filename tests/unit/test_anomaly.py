@@ -182,8 +182,9 @@ def test_model_without_batch_signatures_is_refused(tmp_path: Path) -> None:
         AnomalyModel.load(path)
 
 
-def test_scoring_path_never_imports_numpy() -> None:
-    # the agent's memory budget (40 MB) has no room for numpy (~20 MB resident)
+def test_agent_never_imports_numpy_or_pydantic() -> None:
+    # the agent's memory budget (40 MB) has no room for numpy (~20 MB resident) or pydantic
+    # (~10 MB with the config models): bench/README.md
     code = (
         "import sys\n"
         "import edge_agent.app\n"
@@ -193,5 +194,6 @@ def test_scoring_path_never_imports_numpy() -> None:
         "s = ReadingScorer(m, sensor_kind('elec_meter').channels)\n"
         "s.score([[i, 5, 7] for i in range(400)])\n"
         "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
