@@ -46,7 +46,7 @@ from typing import Protocol
 from edge_agent.outbox import Outbox
 from edge_agent.stats import AgentStats
 from senken_core.errors import FrameError
-from senken_core.frame import Frame, parse_valid_frame
+from senken_core.frame import Frame, parse_valid_frames
 from senken_core.keys import READING_TAG, DeviceKey
 from senken_core.reading import ReadingEncoder
 
@@ -186,12 +186,10 @@ class ReadingPipeline:
         now_ms = int(self.clock() * 1000)
         accepted: list[Frame] = []
         expected_kind = self.expected_kind
-        for raw in lines:
-            try:
-                frame = parse_valid_frame(raw)
-            except FrameError as exc:
+        for raw, frame in zip(lines, parse_valid_frames(lines), strict=True):
+            if isinstance(frame, FrameError):
                 if raw.strip():  # blank lines (a lone CR, say) are skipped silently
-                    self._reject(exc.reason, str(exc), raw)
+                    self._reject(frame.reason, str(frame), raw)
                 continue
             if expected_kind is not None and frame.kind != expected_kind:
                 self._reject("wrong_kind", f"expected {expected_kind}, got {frame.kind}", raw)

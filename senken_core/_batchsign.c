@@ -201,7 +201,194 @@ done:
     return result;
 }
 
+/* ---- serial frames: the fast path of senken_core.frame.parse_valid_frame ----
+   parse_frames(lines, kinds, Frame) -> [Frame or None, ...]
+   A line gets a tuple only when it is a well-formed SK1 frame of a known kind, checksum right,
+   every channel present in order and in range: exactly the frames parse_valid_frame's own
+   fast path accepts. Anything else gets None, and Python parses it (and names the error).
+   kinds: ((kind_bytes, kind_str, ((name_bytes, name_str, minimum, maximum), ...)), ...). */
+
+#define MAX_FRAME_BYTES 256
+
+static unsigned long crc_table[256];
+static int crc_ready = 0;
+
+static void crc_init(void) {
+    for (unsigned long n = 0; n < 256; n++) {
+        unsigned long c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320UL ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+    crc_ready = 1;
+}
+
+static unsigned long crc32_iso_hdlc(const unsigned char *p, Py_ssize_t n) {
+    unsigned long c = 0xFFFFFFFFUL;
+    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFUL;
+}
+
+/* Unsigned decimal at p[*i], no sign, no leading zero, at most max_digits digits. */
+static int read_uint(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i, int max_digits,
+                     unsigned long long *out) {
+    Py_ssize_t start = *i;
+    unsigned long long v = 0;
+    while (*i < n && p[*i] >= '0' && p[*i] <= '9') {
+        if (*i - start >= max_digits) return 0;
+        v = v * 10 + (unsigned long long)(p[*i] - '0');
+        (*i)++;
+    }
+    if (*i == start || (p[start] == '0' && *i - start > 1)) return 0;
+    *out = v;
+    return 1;
+}
+
+static PyObject *attr_names[4] = {NULL, NULL, NULL, NULL};
+
+static PyObject *parse_one(const unsigned char *p, Py_ssize_t n, PyObject *kinds,
+                           PyTypeObject *frame_type) {
+    if (n > MAX_FRAME_BYTES) return NULL;
+    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n')) n--;
+    /* $SK1,counter,device_ms,kind,values*CRC8 */
+    if (n < 14 || p[0] != '$' || p[n - 9] != '*' || memcmp(p + 1, "SK1,", 4) != 0) return NULL;
+    unsigned long want = 0;
+    for (Py_ssize_t j = n - 8; j < n; j++) {
+        int d = p[j] >= '0' && p[j] <= '9' ? p[j] - '0' : p[j] >= 'A' && p[j] <= 'F' ? p[j] - 'A' + 10 : -1;
+        if (d < 0) return NULL;
+        want = (want << 4) | (unsigned long)d;
+    }
+    Py_ssize_t end = n - 9, i = 5;
+    unsigned long long counter, device_ms;
+    if (!read_uint(p, end, &i, 10, &counter) || counter >= 4294967296ULL || i >= end || p[i++] != ',')
+        return NULL;
+    if (!read_uint(p, end, &i, 19, &device_ms) || i >= end || p[i++] != ',') return NULL;
+    Py_ssize_t kind_start = i;
+    while (i < end && p[i] != ',') i++;
+    if (i >= end) return NULL;
+    Py_ssize_t kind_len = i - kind_start;
+    i++;
+    PyObject *kind = NULL;
+    Py_ssize_t nk = PyTuple_GET_SIZE(kinds);
+    for (Py_ssize_t k = 0; k < nk; k++) {
+        PyObject *spec = PyTuple_GET_ITEM(kinds, k);
+        PyObject *name = PyTuple_GET_ITEM(spec, 0);
+        if (PyBytes_GET_SIZE(name) == kind_len &&
+            memcmp(PyBytes_AS_STRING(name), p + kind_start, (size_t)kind_len) == 0) {
+            kind = spec;
+            break;
+        }
+    }
+    if (kind == NULL) return NULL;
+    PyObject *channels = PyTuple_GET_ITEM(kind, 2);
+    Py_ssize_t nc = PyTuple_GET_SIZE(channels);
+    long long values[32];
+    if (nc > 32) return NULL;
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        PyObject *ch = PyTuple_GET_ITEM(channels, c);
+        PyObject *cname = PyTuple_GET_ITEM(ch, 0);
+        Py_ssize_t cl = PyBytes_GET_SIZE(cname);
+        if (c > 0) {
+            if (i >= end || p[i++] != ',') return NULL;
+        }
+        if (end - i < cl + 2 || memcmp(p + i, PyBytes_AS_STRING(cname), (size_t)cl) != 0 ||
+            p[i + cl] != '=')
+            return NULL;
+        i += cl + 1;
+        int negative = 0;
+        if (p[i] == '-') {
+            negative = 1;
+            i++;
+        }
+        unsigned long long mag;
+        /* 18 digits at most here: every channel range is within 2**53 (16 digits), so a longer
+           number is out of range, and Python reports it */
+        if (!read_uint(p, end, &i, 18, &mag) || (negative && mag == 0)) return NULL;
+        long long v = negative ? -(long long)mag : (long long)mag;
+        long long lo = PyLong_AsLongLong(PyTuple_GET_ITEM(ch, 2));
+        long long hi = PyLong_AsLongLong(PyTuple_GET_ITEM(ch, 3));
+        if (v < lo || v > hi) return NULL;
+        values[c] = v;
+    }
+    if (i != end) return NULL;
+    if (crc32_iso_hdlc(p + 1, end - 1) != want) return NULL;
+    PyObject *pairs = PyTuple_New(nc);
+    if (pairs == NULL) return NULL;
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        PyObject *pair = PyTuple_New(2), *value = PyLong_FromLongLong(values[c]);
+        if (pair == NULL || value == NULL) {
+            Py_XDECREF(pair);
+            Py_XDECREF(value);
+            Py_DECREF(pairs);
+            return NULL;
+        }
+        PyObject *name = PyTuple_GET_ITEM(PyTuple_GET_ITEM(channels, c), 1);
+        Py_INCREF(name);
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        PyTuple_SET_ITEM(pairs, c, pair);
+    }
+    /* The Frame, built as its dataclass __init__ builds it (object.__setattr__ per field). */
+    PyObject *frame = frame_type->tp_alloc(frame_type, 0);
+    PyObject *fields[4] = {PyLong_FromUnsignedLongLong(counter),
+                           PyLong_FromUnsignedLongLong(device_ms), PyTuple_GET_ITEM(kind, 1),
+                           pairs};
+    Py_INCREF(fields[2]);
+    int bad = frame == NULL || fields[0] == NULL || fields[1] == NULL;
+    for (int f = 0; f < 4 && !bad; f++) bad = PyObject_GenericSetAttr(frame, attr_names[f], fields[f]) < 0;
+    for (int f = 0; f < 4; f++) Py_XDECREF(fields[f]);
+    if (bad) {
+        Py_XDECREF(frame);
+        return NULL;
+    }
+    return frame;
+}
+
+static PyObject *parse_frames(PyObject *self, PyObject *args) {
+    PyObject *lines, *kinds;
+    PyTypeObject *frame_type;
+    if (!PyArg_ParseTuple(args, "OO!O!", &lines, &PyTuple_Type, &kinds, &PyType_Type, &frame_type))
+        return NULL;
+    if (!crc_ready) crc_init();
+    if (attr_names[0] == NULL) {
+        const char *names[4] = {"counter", "device_ms", "kind", "values"};
+        for (int f = 0; f < 4; f++) {
+            attr_names[f] = PyUnicode_InternFromString(names[f]);
+            if (attr_names[f] == NULL) return NULL;
+        }
+    }
+    PyObject *seq = PySequence_Fast(lines, "lines must be a sequence of bytes");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *result = PyList_New(n);
+    if (result == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *line = PySequence_Fast_GET_ITEM(seq, r);
+        PyObject *item = NULL;
+        if (PyBytes_Check(line)) {
+            item = parse_one((const unsigned char *)PyBytes_AS_STRING(line),
+                             PyBytes_GET_SIZE(line), kinds, frame_type);
+            if (item == NULL && PyErr_Occurred()) {
+                Py_DECREF(seq);
+                Py_DECREF(result);
+                return NULL;
+            }
+        }
+        if (item == NULL) {
+            item = Py_None;
+            Py_INCREF(item);
+        }
+        PyList_SET_ITEM(result, r, item);
+    }
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"parse_frames", parse_frames, METH_VARARGS,
+     "parse_frames(lines, kinds, Frame) -> [Frame or None, ...]"},
     {"encode_many", encode_many, METH_VARARGS,
      "encode_many(chunks, ints, k) -> [chunks[0] + cbor(row[0]) + ... + chunks[k], ...]"},
     {"bind", bind, METH_VARARGS,

@@ -1,4 +1,8 @@
-"""parse_valid_frame is parse_frame + validate_frame: same frame, or the same error and reason."""
+"""parse_valid_frame is parse_frame + validate_frame: same frame, or the same error and reason.
+
+So is parse_valid_frames, whose batch fast path runs natively where the C extension is built
+(it is wherever the tests run): every property below checks both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from senken_core.frame import (
     frame_checksum,
     parse_frame,
     parse_valid_frame,
+    parse_valid_frames,
     validate_frame,
 )
 from senken_core.sensors import SENSOR_KINDS
@@ -32,9 +37,13 @@ def slow(line: bytes) -> Frame | tuple[str, str]:
 
 def fast(line: bytes) -> Frame | tuple[str, str]:
     try:
-        return parse_valid_frame(line)
+        single: Frame | tuple[str, str] = parse_valid_frame(line)
     except FrameError as exc:
-        return exc.reason, str(exc)
+        single = exc.reason, str(exc)
+    batch = parse_valid_frames([line, line])[1]  # the native batch path
+    as_tuple = (batch.reason, str(batch)) if isinstance(batch, FrameError) else batch
+    assert as_tuple == single
+    return single
 
 
 @st.composite
@@ -116,3 +125,16 @@ def test_a_bad_checksum_keeps_its_reason() -> None:
     body = b"SK1,7,1700000000000,elec_meter,energy_export_wh=1,power_w=-5,voltage_dv=2300"
     line = b"$" + body + b"*" + f"{zlib.crc32(body) ^ 1:08X}".encode() + b"\r\n"
     assert fast(line) == slow(line) and fast(line)[0] == "checksum"  # type: ignore[index]
+
+
+def test_a_batch_mixes_native_and_python_results_in_order() -> None:
+    good = [sealed(f"SK1,{i},1700000000000,elec_meter,energy_export_wh={i},power_w=-5,"
+                   f"voltage_dv=2300".encode()) for i in range(5)]
+    lines = [good[0], b"garbage", good[1], b"", sealed(b"SK1,9,2,wind,speed=1"), good[2]]
+    out = parse_valid_frames(lines)
+    assert [getattr(r, "counter", None) for r in out] == [0, None, 1, None, None, 2]
+    assert [getattr(r, "reason", None) for r in out] == [None, "syntax", None, "syntax",
+                                                         "unknown_kind", None]
+    assert all(type(out[i]) is Frame for i in (0, 2, 5))
+    with pytest.raises(AttributeError):  # frames from the native path are frozen too
+        out[0].counter = 1  # type: ignore[union-attr, misc]
