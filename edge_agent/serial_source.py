@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import serial
@@ -24,7 +25,8 @@ __all__ = ["SerialSource", "describe_serial_error"]
 
 log = logging.getLogger(__name__)
 _MAX_LINES_PER_BATCH = 512
-BURST_GAP_S = 0.002  # at most 2 ms added to a reading's latency, none to its content
+BURST_GAP_S = 0.002  # a dry port this long ends a batch
+MAX_BATCH_WAIT_S = 0.05  # and no line waits longer than this for its batch to fill
 
 
 def describe_serial_error(port: str, exc: BaseException) -> str:
@@ -109,12 +111,15 @@ class SerialSource:
     def _read(self, port: serial.Serial) -> None:
         buffer = b""
         lines: list[bytes] = []
+        batch_started = 0.0
         while not self.stop.is_set():
             chunk = port.read(max(1, port.in_waiting))
             if chunk:
                 buffer += chunk
                 if b"\n" in buffer:
                     *complete, buffer = buffer.split(b"\n")
+                    if not lines:
+                        batch_started = time.monotonic()
                     lines += complete
                 elif len(buffer) > MAX_FRAME_BYTES:
                     self.stats.frames_rejected["too_long"] += 1
@@ -124,11 +129,16 @@ class SerialSource:
             # keep reading while more is waiting and the batch is not full. When the port just
             # ran dry mid-burst (a backlog arriving faster than its buffer refills), wait up to
             # BURST_GAP_S for more rather than cut a small batch: each batch has fixed costs
-            # (model invokes, one fsynced commit). A frame arriving alone waits that long.
+            # (model invokes, one fsynced commit). A frame arriving alone waits that long, and
+            # no line waits more than MAX_BATCH_WAIT_S (a UART streaming back-to-back frames
+            # is never idle for BURST_GAP_S).
             if lines and len(lines) < _MAX_LINES_PER_BATCH and not port.in_waiting:
-                readable, _, _ = select.select([port.fileno()], [], [], BURST_GAP_S)
-                if readable:
-                    continue
+                left = batch_started + MAX_BATCH_WAIT_S - time.monotonic()
+                if left > 0:
+                    readable, _, _ = select.select([port.fileno()], [], [],
+                                                   min(BURST_GAP_S, left))
+                    if readable:
+                        continue
             if len(lines) >= _MAX_LINES_PER_BATCH:
                 # full batches now; a remainder waits for the rest of the burst
                 full = len(lines) - len(lines) % _MAX_LINES_PER_BATCH
