@@ -11,7 +11,10 @@ only text, and their message says what was wrong and what to do.
     ├── KeyFileError           a device key file missing, unreadable or with unsafe permissions
     ├── ConfigError            a config file or environment value that is invalid (.problems)
     ├── PayloadError           an MQTT payload that cannot be decoded
-    └── ModelError             the anomaly model cannot be loaded or does not match its hash
+    ├── ModelError             the anomaly model cannot be loaded or does not match its hash
+    ├── Eip712Error            a value that cannot be EIP-712 encoded (senken_core.eip712)
+    └── MerkleProofError       an inclusion proof that is malformed or does not lead to the
+                               root (senken_core.merkle)
 """
 
 from __future__ import annotations

@@ -33,8 +33,10 @@ __all__ = [
     "READING_TAG",
     "DeviceKey",
     "check_key_file",
+    "read_key_file",
     "signing_message",
     "verify_signature",
+    "write_key_file",
 ]
 
 READING_TAG = b"senken/reading/v1\x00"
@@ -76,12 +78,12 @@ def verify_signature(public_key: bytes, tag: bytes, body: bytes, signature: byte
         raise SignatureError("signature does not verify against the device key") from exc
 
 
-def check_key_file(path: Path) -> os.stat_result:
+def check_key_file(path: Path, init_command: str = "senken edge init") -> os.stat_result:
     """Stat ``path`` and refuse it unless it is a regular file only its owner can read."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise KeyFileError(path, "does not exist; run `senken edge init` first") from None
+        raise KeyFileError(path, f"does not exist; run `{init_command}` first") from None
     except PermissionError:
         raise KeyFileError(path, "permission denied; run the agent as the key's owner") from None
     if not stat.S_ISREG(info.st_mode):
@@ -92,6 +94,37 @@ def check_key_file(path: Path) -> os.stat_result:
             path, f"is readable by group or others (mode {mode:04o}); fix it with: chmod 600 {path}"
         )
     return info
+
+
+def write_key_file(path: Path, header: str, secret: bytes, what: str) -> None:
+    """Write ``header`` and ``secret`` (hex) to a new file of mode 0600, fsynced; refuses to
+    overwrite an existing one (a key is never replaced by accident)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"{header}\n{secret.hex()}\n".encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(path, f"already exists; a {what} is never overwritten") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_key_file(path: Path, header: str, size: int, init_command: str, what: str) -> bytes:
+    """The secret of a file written by :func:`write_key_file`; :class:`KeyFileError` for a
+    missing, group- or world-readable, corrupt or foreign file."""
+    check_key_file(path, init_command)
+    try:
+        found, hex_secret = path.read_text("ascii").split()
+        secret = bytes.fromhex(hex_secret)
+    except (ValueError, UnicodeDecodeError):
+        raise KeyFileError(path, "is not a Senken key file (corrupt?)") from None
+    if found != header or len(secret) != size:
+        raise KeyFileError(path, f"is not a Senken {what} file")
+    return secret
 
 
 class DeviceKey:
@@ -123,28 +156,9 @@ class DeviceKey:
 
     def save(self, path: Path) -> None:
         """Write the key to ``path`` with mode 0600; refuses to overwrite an existing key."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = f"{_HEADER}\n{bytes(self._signing).hex()}\n".encode("ascii")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise KeyFileError(path, "already exists; a device key is never overwritten") from None
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_key_file(path, _HEADER, bytes(self._signing), "device key")
 
     @classmethod
     def load(cls, path: Path) -> DeviceKey:
         """Load a key saved by :meth:`save`, refusing files that others could read."""
-        check_key_file(path)
-        try:
-            header, hex_seed = path.read_text("ascii").split()
-            seed = bytes.fromhex(hex_seed)
-        except (ValueError, UnicodeDecodeError):
-            raise KeyFileError(path, "is not a Senken key file (corrupt?)") from None
-        if header != _HEADER or len(seed) != 32:
-            raise KeyFileError(path, "is not a Senken Ed25519 key file")
-        return cls(seed)
+        return cls(read_key_file(path, _HEADER, 32, "senken edge init", "Ed25519 key"))
