@@ -15,9 +15,10 @@ lie on the project's grid (``window_start`` a multiple of ``window_seconds``); t
 project parameter, so a window cannot be re-cut to be counted again.
 
 Quantities are integers in the smallest unit credited (DESIGN-NOTES): ``quantity`` in the
-methodology's metered unit (Wh for electricity export, normal litres of CH4 for flaring) and
-``grams_co2e``, each below 2**64 (one window never comes near: 2**64 g is 1.8e13 t), as the
-canonical encoding's integers are; floats only for display.
+methodology's metered unit (Wh for electricity export) and ``co2e_mg``, the emission
+reductions in milligrams CO2e (Wh x g/kWh is exactly mg, so grid methodologies round nothing),
+each below 2**64 (2**64 mg is 18 million t, far above any window), as the canonical encoding's
+integers are; floats only for display.
 
 On the wire (validators exchange attestations over MQTT) an attestation is a canonical CBOR map
 (:mod:`senken_core.canonical`); :meth:`Attestation.from_wire` checks every field.
@@ -48,7 +49,7 @@ ATTESTATION_TYPE = StructType("Attestation", (
     ("readingsAccepted", "uint32"),
     ("readingsRejected", "uint32"),
     ("quantity", "uint64"),
-    ("gramsCo2e", "uint64"),
+    ("co2eMg", "uint64"),
     ("readingsRoot", "bytes32"),
     ("modelHash", "bytes32"),
 ))
@@ -80,7 +81,7 @@ class Attestation:
     readings_accepted: int
     readings_rejected: int
     quantity: int  # metered quantity, methodology's smallest unit (e.g. Wh)
-    grams_co2e: int
+    co2e_mg: int
     readings_root: bytes  # Merkle root (RFC 6962, SHA-256) over the accepted readings
     model_hash: bytes  # sha256 of the anomaly model the readings were scored with
 
@@ -94,7 +95,7 @@ class Attestation:
         for name, bound in (("window_start", _U64), ("window_seconds", _U32),
                             ("methodology_version", _U32), ("readings_accepted", _U32),
                             ("readings_rejected", _U32), ("quantity", _U64),
-                            ("grams_co2e", _U64)):
+                            ("co2e_mg", _U64)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
                 raise ValueError(f"{name} must be an integer in 0 .. {bound - 1}")
@@ -112,7 +113,7 @@ class Attestation:
                 "methodologyVersion": self.methodology_version,
                 "readingsAccepted": self.readings_accepted,
                 "readingsRejected": self.readings_rejected, "quantity": self.quantity,
-                "gramsCo2e": self.grams_co2e, "readingsRoot": self.readings_root,
+                "co2eMg": self.co2e_mg, "readingsRoot": self.readings_root,
                 "modelHash": self.model_hash}
 
     @property

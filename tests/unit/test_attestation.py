@@ -32,7 +32,7 @@ def sample(**changes: object) -> Attestation:
     base = Attestation(
         project="pv-plant-7", device="pv-7-meter-1", window_start=1_795_003_200,
         window_seconds=3600, methodology="CDM AMS-I.D", methodology_version=1,
-        readings_accepted=3598, readings_rejected=2, quantity=1_250_000, grams_co2e=812_500,
+        readings_accepted=3598, readings_rejected=2, quantity=1_250_000, co2e_mg=812_500,
         readings_root=bytes(range(32)), model_hash=b"\x11" * 32)
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -53,7 +53,7 @@ def eth_account_digest(att: Attestation, domain: Domain) -> bytes:
         "windowSeconds": att.window_seconds, "methodology": att.methodology,
         "methodologyVersion": att.methodology_version, "readingsAccepted": att.readings_accepted,
         "readingsRejected": att.readings_rejected, "quantity": att.quantity,
-        "gramsCo2e": att.grams_co2e, "readingsRoot": att.readings_root,
+        "co2eMg": att.co2e_mg, "readingsRoot": att.readings_root,
         "modelHash": att.model_hash}
     typed = {
         "types": {
@@ -109,7 +109,7 @@ def test_a_signature_for_another_chain_contract_or_content_names_someone_else() 
     sig = key.sign_digest(sample().digest(DOMAIN))
     for digest in (sample().digest(senken_domain(1, CONTRACT)),
                    sample().digest(senken_domain(31337, b"\x01" * 20)),
-                   sample(grams_co2e=812_501).digest(DOMAIN)):
+                   sample(co2e_mg=812_501).digest(DOMAIN)):
         assert recover_address(digest, sig) != key.address
 
 

@@ -24,7 +24,7 @@ OUTSIDER = ValidatorKey(b"\x77" * 32)
 VSET = ValidatorSet.of([k.address for k in KEYS], threshold=3)  # k = 2f + 1
 GOOD = Attestation("pv-plant-7", "pv-7-meter-1", 1_795_003_200, 3600, "CDM AMS-I.D", 1, 3598, 2,
                    1_250_000, 812_500, bytes(range(32)), b"\x11" * 32)
-WRONG = replace(GOOD, grams_co2e=9_999_999)  # what a faulty validator signs: same window
+WRONG = replace(GOOD, co2e_mg=9_999_999)  # what a faulty validator signs: same window
 
 
 def sig(key: ValidatorKey, att: Attestation = GOOD, domain=DOMAIN) -> bytes:  # type: ignore[no-untyped-def]
