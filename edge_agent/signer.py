@@ -100,12 +100,6 @@ class Signer:
             raise SignerFailed("the signer thread stopped on an error") from self.failure
         return not self._thread.is_alive()
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until every batch put so far is stored (or the signer failed)."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: self.failure is not None or (not self._queue and not self._busy), timeout)
-
     def _run(self) -> None:
         while True:
             with self._cond:

@@ -16,6 +16,7 @@ Key files hold the 32-byte Ed25519 seed in hex under a one-line header, are crea
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import stat
@@ -43,11 +44,18 @@ READING_TAG = b"senken/reading/v1\x00"
 _HEADER = "senken-ed25519-seed-v1"
 
 
+try:  # the optional C extension (setup.py); bound to libsodium on first use
+    from senken_core import _batchsign
+except ImportError:
+    _batchsign = None  # type: ignore[assignment]
+
+NATIVE_BATCH_SIGNING = _batchsign is not None
+
+
+@functools.cache
 def _native_sign_many() -> Callable[[bytes, Sequence[bytes], bytes], list[bytes]] | None:
-    """``_batchsign.sign_many`` bound to PyNaCl's libsodium, or None without the extension."""
-    try:
-        from senken_core import _batchsign
-    except ImportError:
+    """``_batchsign.sign_many`` bound to PyNaCl's libsodium (once), or None without it."""
+    if _batchsign is None:
         return None
     import nacl._sodium
 
@@ -55,14 +63,9 @@ def _native_sign_many() -> Callable[[bytes, Sequence[bytes], bytes], list[bytes]
     sign_addr, sha_addr = (ctypes.cast(getattr(sodium, name), ctypes.c_void_p).value
                            for name in ("crypto_sign_detached", "crypto_hash_sha256"))
     if sign_addr is None or sha_addr is None:
-        return None
+        raise RuntimeError("PyNaCl's libsodium exports no crypto_sign_detached")
     _batchsign.bind(sign_addr, sha_addr)
-    sign_many: Callable[[bytes, Sequence[bytes], bytes], list[bytes]] = _batchsign.sign_many
-    return sign_many
-
-
-_SIGN_MANY = _native_sign_many()
-NATIVE_BATCH_SIGNING = _SIGN_MANY is not None
+    return _batchsign.sign_many
 
 
 def signing_message(tag: bytes, body: bytes) -> bytes:
@@ -150,8 +153,9 @@ class DeviceKey:
     def sign_many(self, tag: bytes, bodies: Sequence[bytes]) -> list[bytes]:
         """``[self.sign(tag, body) for body in bodies]``, in one GIL-free call where the native
         extension is built (Ed25519 signatures are deterministic: the same bytes either way)."""
-        if _SIGN_MANY is not None:
-            return _SIGN_MANY(tag, bodies, self._secret)
+        sign_many = _native_sign_many()
+        if sign_many is not None:
+            return sign_many(tag, bodies, self._secret)
         return [self.sign(tag, body) for body in bodies]
 
     def save(self, path: Path) -> None:

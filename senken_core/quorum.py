@@ -144,9 +144,5 @@ class SignatureCollector:
         slot = self._slots.get(attestation_id)
         return slot is not None and slot.certified is not None
 
-    def forget(self, attestation_id: bytes) -> None:
-        """Drop a window's state (once its certificate is in the ledger)."""
-        self._slots.pop(attestation_id, None)
-
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
