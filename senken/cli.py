@@ -15,8 +15,12 @@ __all__ = ["cli", "main"]
 _GROUPS = {
     "demo": ("senken.demo", "demo_cmd"),
     "edge": ("edge_agent.cli", "edge_group"),
+    "gateway": ("gateway.cli", "gateway_group"),
+    "ledger": ("ledger.cli", "ledger_group"),
     "model": ("edge_agent.model.cli", "model_group"),
+    "network": ("senken.network_cli", "network_group"),
     "sim": ("firmware_sim.cli", "sim_group"),
+    "validator": ("validator.cli", "validator_group"),
 }
 
 

@@ -78,6 +78,19 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if text not in allowed:
             raise _Invalid([f"{where}: must be one of {', '.join(map(repr, allowed))}"])
         return text
+    if origin is tuple:  # tuple[X, ...]: a TOML array (of tables, for a dataclass X)
+        (item, *_rest) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise _Invalid([f"{where}: must be a list"])
+        items, problems = [], []
+        for i, element in enumerate(value):
+            try:
+                items.append(_convert(element, item, f"{where}[{i}]"))
+            except _Invalid as exc:
+                problems += exc.problems
+        if problems:
+            raise _Invalid(problems)
+        return tuple(items)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
             raise _Invalid([f"{where}: must be a table ([{where}])"])
