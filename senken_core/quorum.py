@@ -140,6 +140,10 @@ class SignatureCollector:
         slot = self._slots.get(attestation_id)
         return {} if slot is None else {d: sorted(s) for d, s in slot.by_digest.items()}
 
+    def forget(self, attestation_id: bytes) -> None:
+        """Drop a window's signatures (once its certificate is settled), to bound memory."""
+        self._slots.pop(attestation_id, None)
+
     def certified(self, attestation_id: bytes) -> bool:
         slot = self._slots.get(attestation_id)
         return slot is not None and slot.certified is not None

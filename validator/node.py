@@ -12,9 +12,46 @@ a simulated network and clock (tests/unit/test_validator_agreement.py).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["NodeStats", "Outbound"]
+from senken_core import canonical
+from senken_core.attestation import ATTESTATION_KEY_TYPE, Attestation
+from senken_core.errors import EncodingError, PayloadError
+from senken_core.evidence import CertifiedWindow, window_attestation
+from senken_core.merkle import leaf_hash
+from senken_core.network import NetworkConfig, ProjectConfig
+from senken_core.quorum import CertificateError, SignatureCollector, verify_certificate
+from senken_core.reading import Reading, SignedReading, decode_batch
+from senken_core.registry import DeviceRegistry, RegistryError, SignedDeviceRecord
+from senken_core.secp256k1 import ValidatorKey
+from senken_core.topics import (
+    parse_device_topic,
+    parse_validator_topic,
+    readings_filter,
+    registry_filter,
+    validator_filter,
+    validator_topic,
+)
+from validator.agreement import (
+    MAX_FETCH,
+    Fetch,
+    Have,
+    Proposal,
+    ReadingsReply,
+    Sign,
+    SignedHave,
+    WindowKey,
+    agreed_readings,
+    agreed_rejected,
+    decode_message,
+    leader,
+    seal,
+)
+from validator.verify import ReadingVerifier, RegisteredDevice, Scorer
+
+__all__ = ["NodeStats", "Outbound", "ValidatorNode"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +83,533 @@ class NodeStats:
     registry_devices: int = 0  # gauge
     registry_refused: dict[str, int] = field(default_factory=dict)
     windows_open: int = 0  # gauge
+
+
+
+_DONE_MEMORY = 100_000  # settled windows remembered, so late messages do not reopen them
+
+
+@dataclass(slots=True)
+class _Held:
+    """An accepted reading this node keeps (to attest it, and to serve peers' fetches)."""
+
+    reading: Reading
+    signed: SignedReading
+    leaf: bytes
+
+
+@dataclass(slots=True)
+class _Window:
+    due: float
+    leaves: dict[int, bytes] = field(default_factory=dict)
+    rejected: int = 0
+
+
+@dataclass(slots=True)
+class _Agreement:
+    id: bytes
+    terms: ProjectConfig
+    round: int = 0
+    round_started: float = 0.0
+    due_at: float | None = None  # when this node's own have went out
+    mine: SignedHave | None = None
+    haves: dict[bytes, SignedHave] = field(default_factory=dict)
+    proposed_round: int = -1
+    proposal: Proposal | None = None
+    signed_round: int = -1
+    fetch_round: int = -1
+    evidence: dict[bytes, tuple[tuple[SignedReading, ...], SignedReading | None]] = \
+        field(default_factory=dict)  # digest -> what this node signed it over
+
+
+class _RegistryView:
+    """What the verifier trusts: the owner-signed record, under its project's current terms."""
+
+    def __init__(self, registry: DeviceRegistry, network: NetworkConfig) -> None:
+        self.registry, self.network = registry, network
+
+    def lookup(self, device: str) -> RegisteredDevice | None:
+        record = self.registry.lookup(device)
+        if record is None:
+            return None
+        project = self.network.project(record.project)
+        if project is None:
+            return None
+        return RegisteredDevice(device, record.project, record.public_key, record.kind,
+                                project.model_hash, record.revoked)
+
+
+class ValidatorNode:
+    """One validator's decisions (module docstring). Not thread-safe; never raises for bad
+    input: a bad message is counted in ``stats`` and dropped."""
+
+    def __init__(self, key: ValidatorKey, network: NetworkConfig, *,
+                 scorer_for: Callable[[str], Scorer] | None = None, grace_s: float = 2.0,
+                 round_timeout_s: float = 2.0, collect_s: float | None = None,
+                 repair_delay_s: float = 0.3, history: int = 100_000,
+                 max_age_s: float = 30 * 86400, max_skew_s: float = 300) -> None:
+        self.key = key
+        self.address = key.address
+        self.network = network
+        self.prefix = network.topic_prefix
+        self.validators = network.validator_set()
+        self.members = sorted(self.validators.members)
+        self.domain = network.domain()
+        self.grace_s = grace_s
+        self.round_timeout_s = round_timeout_s
+        self.collect_s = round_timeout_s / 4 if collect_s is None else collect_s
+        self.repair_delay_s = repair_delay_s
+        self.history = history
+        self.registry = DeviceRegistry(network.owners())
+        self._now = 0.0
+        self.verifier = ReadingVerifier(_RegistryView(self.registry, network),
+                                        scorer_for=scorer_for, clock=lambda: self._now,
+                                        max_age_s=max_age_s, max_skew_s=max_skew_s,
+                                        history=history)
+        self.collector = SignatureCollector(self.validators, self.domain)
+        self.stats = NodeStats()
+        self._store: dict[str, OrderedDict[int, _Held]] = {}
+        self._pending: dict[str, dict[int, SignedReading]] = {}
+        self._pending_since: dict[str, float] = {}
+        self._fetched_at: dict[str, float] = {}
+        self._windows: dict[WindowKey, _Window] = {}
+        self._agreements: dict[WindowKey, _Agreement] = {}
+        self._done: OrderedDict[WindowKey, None] = OrderedDict()
+        self._agreement_topic = validator_topic(self.address, "agreement", self.prefix)
+        self._certificate_topic = validator_topic(self.address, "certificates", self.prefix)
+
+    # --- the runner's interface ---------------------------------------------------------
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        p = self.prefix
+        return [(registry_filter(p), 1), (readings_filter(p), 1),
+                (validator_filter("agreement", p), 1), (validator_filter("certificates", p), 1),
+                (validator_filter("status", p), 1)]
+
+    def status_payload(self, online: bool) -> bytes:
+        return canonical.encode({"v": 1, "online": online,
+                                 "address": "0x" + self.address.hex()})
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Outbound]:
+        self._now = now
+        out: list[Outbound] = []
+        device_topic = parse_device_topic(topic, self.prefix)
+        if device_topic is not None:
+            if device_topic[1] == "readings":
+                self._on_batch(device_topic[0], payload, out)
+            return out
+        peer = parse_validator_topic(topic, self.prefix)
+        if peer is not None:
+            address, leaf = peer
+            if address == self.address:
+                return out  # our own message, already acted on when it was sent
+            if address not in self.validators.members:
+                self._drop("not_a_member")
+                return out
+            self.stats.peers_last_seen[address] = now
+            if leaf == "agreement":
+                self._on_agreement(address, payload, out)
+            elif leaf == "certificates":
+                self._on_certificate(payload)
+            return out
+        if topic.startswith(f"{self.prefix}/registry/"):
+            self._on_registry(payload)
+        return out
+
+    def tick(self, now: float) -> list[Outbound]:
+        self._now = now
+        out: list[Outbound] = []
+        for key in [k for k, w in self._windows.items() if w.due <= now]:
+            self._close(key, out)
+        for key, ag in list(self._agreements.items()):
+            if ag.mine is None and now >= self._window_end(key) + self.grace_s:
+                self._close(key, out)  # peers are attesting a window this node saw nothing of
+            if ag.mine is not None and now >= ag.round_started + self._timeout(ag.round):
+                self.stats.rounds_timed_out += 1
+                ag.round += 1
+                ag.round_started = now
+                out.append(Outbound(self._agreement_topic, ag.mine.envelope))
+            self._lead(key, ag, out)
+        for device, since in list(self._pending_since.items()):
+            if now >= since + self.repair_delay_s and \
+                    now >= self._fetched_at.get(device, -1e18) + 4 * self.repair_delay_s:
+                self._repair(device, out)
+        self.stats.windows_open = len(self._windows) + len(self._agreements)
+        return out
+
+    def next_deadline(self) -> float | None:
+        times: list[float] = [w.due for w in self._windows.values()]
+        for key, ag in self._agreements.items():
+            if ag.mine is None:
+                times.append(self._window_end(key) + self.grace_s)
+                continue
+            times.append(ag.round_started + self._timeout(ag.round))
+            collect = ag.round_started + self.collect_s
+            if ag.proposed_round < ag.round and collect > self._now and self._is_leader(ag):
+                times.append(collect)
+        for device, since in self._pending_since.items():
+            times.append(max(since + self.repair_delay_s,
+                             self._fetched_at.get(device, -1e18) + 4 * self.repair_delay_s))
+        return min(times) if times else None
+
+    # --- readings -----------------------------------------------------------------------
+
+    def _on_batch(self, device: str, payload: bytes, out: list[Outbound]) -> None:
+        try:
+            batch = decode_batch(payload)
+        except PayloadError:
+            self._reject_count("malformed")
+            return
+        for signed in batch:
+            self._ingest(device, signed)
+        self._after_readings(device, out)
+
+    def _ingest(self, topic_device: str, signed: SignedReading) -> str:
+        """Verify one reading; returns its verdict status."""
+        verdict = self.verifier.verify(topic_device, signed.body, signed.signature)
+        stats = self.stats
+        if verdict.status == "accepted":
+            assert verdict.reading is not None
+            stats.readings_verified += 1
+            stats.readings_accepted += 1
+            self._keep(verdict.reading, signed)
+        elif verdict.status == "duplicate":
+            stats.readings_duplicate += 1
+        elif verdict.status == "pending":
+            assert verdict.reading is not None
+            waiting = self._pending.setdefault(verdict.reading.device, {})
+            if len(waiting) < self.history:
+                waiting[verdict.reading.seq] = signed
+                self._pending_since.setdefault(verdict.reading.device, self._now)
+        else:
+            stats.readings_verified += 1
+            assert verdict.reason is not None
+            self._reject_count(verdict.reason.value)
+            reading = verdict.reading
+            entry = self.registry.lookup(reading.device) if reading is not None else None
+            if reading is not None and entry is not None:
+                key = self._window_key(entry.project, reading.device, reading.ts_ms)
+                if key is not None and key not in self._agreements and key not in self._done:
+                    self._window(key).rejected += 1
+        return verdict.status
+
+    def _keep(self, reading: Reading, signed: SignedReading) -> None:
+        held = _Held(reading, signed, leaf_hash(signed.body))
+        store = self._store.setdefault(reading.device, OrderedDict())
+        store[reading.seq] = held
+        while len(store) > self.history:
+            store.popitem(last=False)
+        entry = self.registry.lookup(reading.device)
+        if entry is None:
+            return
+        key = self._window_key(entry.project, reading.device, reading.ts_ms)
+        if key is None or key in self._done or key in self._agreements:
+            return  # too late for this node's own have; it may still serve and attest it
+        self._window(key).leaves[reading.seq] = held.leaf
+
+    def _after_readings(self, device: str, out: list[Outbound]) -> None:
+        """Retry readings that waited for earlier ones, then proposals that waited for
+        readings."""
+        waiting = self._pending.get(device)
+        while waiting:
+            progressed = False
+            for seq in sorted(waiting):
+                status = self._ingest(device, waiting.pop(seq))
+                if status == "pending":
+                    break
+                progressed = True
+            if not progressed:
+                break
+        if not waiting:
+            self._pending.pop(device, None)
+            self._pending_since.pop(device, None)
+        self.stats.readings_pending = sum(len(w) for w in self._pending.values())
+        for key, ag in list(self._agreements.items()):
+            if key.device == device:
+                self._try_sign(key, ag, out)
+                self._lead(key, ag, out)
+
+    def _repair(self, device: str, out: list[Outbound]) -> None:
+        waiting = self._pending.get(device)
+        if not waiting:
+            self._pending_since.pop(device, None)
+            return
+        first = min(waiting)
+        reading = Reading.from_canonical(waiting[first].body)
+        start = self.verifier.replay_needs(reading)
+        seqs = tuple(range(start, first))[:MAX_FETCH]
+        self._fetched_at[device] = self._now
+        if seqs:
+            out.append(Outbound(self._agreement_topic, Fetch(device, seqs, None).encode()))
+
+    # --- windows and agreement ----------------------------------------------------------
+
+    def _window_key(self, project: str, device: str, ts_ms: int) -> WindowKey | None:
+        terms = self.network.project(project)
+        if terms is None:
+            return None
+        start = ts_ms // 1000 // terms.window_seconds * terms.window_seconds
+        return WindowKey(project, device, start)
+
+    def _window(self, key: WindowKey) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = _Window(self._window_end(key) + self.grace_s)
+            self._windows[key] = window
+        return window
+
+    def _window_end(self, key: WindowKey) -> float:
+        terms = self.network.project(key.project)
+        return float(key.window_start + (terms.window_seconds if terms else 0))
+
+    def _timeout(self, round_: int) -> float:
+        return self.round_timeout_s * min(1 << min(round_, 3), 8)
+
+    def _agreement(self, key: WindowKey) -> _Agreement | None:
+        ag = self._agreements.get(key)
+        if ag is None and key not in self._done:
+            terms = self.network.project(key.project)
+            if terms is None:
+                return None
+            wid = ATTESTATION_KEY_TYPE.hash_struct({
+                "project": key.project, "device": key.device, "windowStart": key.window_start,
+                "windowSeconds": terms.window_seconds,
+                "methodologyVersion": terms.methodology_version})
+            ag = _Agreement(wid, terms, round_started=self._now)
+            self._agreements[key] = ag
+        return ag
+
+    def _is_leader(self, ag: _Agreement) -> bool:
+        return leader(self.members, ag.id, ag.round) == self.address
+
+    def _close(self, key: WindowKey, out: list[Outbound]) -> None:
+        """This node's view of the window is final: send its have and start agreeing."""
+        window = self._windows.pop(key, None) or _Window(0.0)
+        ag = self._agreement(key)
+        if ag is None or ag.mine is not None:
+            return
+        have = Have(key, tuple(sorted(window.leaves.items())), window.rejected)
+        ag.mine = SignedHave(have, self.address, seal(self.key, have.encode()))
+        ag.haves[self.address] = ag.mine
+        ag.due_at = self._now
+        if not ag.haves.keys() - {self.address} and ag.proposal is None:
+            ag.round_started = self._now
+        out.append(Outbound(self._agreement_topic, ag.mine.envelope))
+        self._lead(key, ag, out)
+        self._try_sign(key, ag, out)
+
+    def _device_store(self, device: str) -> OrderedDict[int, _Held]:
+        return self._store.get(device) or OrderedDict()
+
+    def _holds(self, device: str, seq: int, leaf: bytes) -> bool:
+        held = self._device_store(device).get(seq)
+        return held is not None and held.leaf == leaf
+
+    def _lead(self, key: WindowKey, ag: _Agreement, out: list[Outbound]) -> None:
+        if ag.mine is None or ag.proposed_round >= ag.round or not self._is_leader(ag):
+            return
+        complete: list[tuple[SignedHave, list[int]]] = []
+        lacking: list[tuple[SignedHave, list[int]]] = []
+        for signer in sorted(ag.haves):
+            have = ag.haves[signer]
+            missing = [s for s, leaf in have.have.leaves if not self._holds(key.device, s, leaf)]
+            (lacking if missing else complete).append((have, missing))
+        k, n = self.validators.threshold, len(self.members)
+        if len(complete) < k:
+            if lacking and ag.fetch_round < ag.round:
+                ag.fetch_round = ag.round
+                for have, missing in lacking:
+                    for i in range(0, len(missing), MAX_FETCH):
+                        out.append(Outbound(self._agreement_topic, Fetch(
+                            key.device, tuple(missing[i:i + MAX_FETCH]), have.signer).encode()))
+            return
+        if len(complete) < n and self._now < ag.round_started + self.collect_s:
+            return  # give the other haves a moment: a fuller union censors nothing
+        haves = tuple(h for h, _ in complete)
+        union = agreed_readings(h.have for h in haves)
+        everyone = set.intersection(*(set(h.have.leaves) for h in haves))
+        store = self._device_store(key.device)
+        extra = tuple(store[s].signed for s, leaf in union.items() if (s, leaf) not in everyone)
+        boundary = None
+        if union:
+            before = self._device_store(key.device).get(next(iter(union)) - 1)
+            if before is not None and before.reading.ts_ms < key.window_start * 1000:
+                boundary = before.signed
+        proposal = Proposal(key, ag.round, haves, extra, boundary)
+        ag.proposed_round = ag.round
+        out.append(Outbound(self._agreement_topic, seal(self.key, proposal.encode())))
+        ag.proposal = proposal
+        self._try_sign(key, ag, out)
+
+    def _on_agreement(self, sender: bytes, payload: bytes, out: list[Outbound]) -> None:
+        try:
+            message, signer = decode_message(payload)
+        except PayloadError:
+            self._drop("malformed")
+            return
+        if signer is not None and signer != sender:
+            self._drop("spoofed")  # sealed by another key than the topic's validator
+            return
+        if isinstance(message, SignedHave):
+            key = message.have.key
+            ag = self._agreement(key)
+            if ag is not None:
+                ag.haves[sender] = message
+                if ag.mine is None and self._now >= self._window_end(key) + self.grace_s:
+                    self._close(key, out)  # a window this node saw nothing of, or is late on
+                self._lead(key, ag, out)
+        elif isinstance(message, Proposal):
+            self._on_proposal(sender, message, out)
+        elif isinstance(message, Sign):
+            self._on_sign(message.attestation, message.signature, out)
+        elif isinstance(message, Fetch):
+            if message.target in (None, self.address):
+                store = self._device_store(message.device)
+                found = tuple(store[s].signed for s in message.seqs if s in store)
+                if found:
+                    out.append(Outbound(self._agreement_topic, ReadingsReply(found).encode()))
+        elif isinstance(message, ReadingsReply):
+            devices = set()
+            for signed in message.readings:
+                try:
+                    device = Reading.from_canonical(signed.body).device
+                except (EncodingError, ValueError):
+                    self._drop("malformed")
+                    continue
+                self._ingest(device, signed)
+                devices.add(device)
+            for device in devices:
+                self._after_readings(device, out)
+
+    def _on_proposal(self, sender: bytes, proposal: Proposal, out: list[Outbound]) -> None:
+        key = proposal.key
+        ag = self._agreement(key)
+        if ag is None:
+            return
+        if leader(self.members, ag.id, proposal.round) != sender:
+            self._drop("not_leader")
+            return
+        if proposal.round < ag.round:
+            self._drop("old_round")
+            return
+        signers = [h.signer for h in proposal.haves]
+        if (len(set(signers)) != len(signers) or len(signers) < self.validators.threshold
+                or any(s not in self.validators.members for s in signers)
+                or any(h.have.key != key for h in proposal.haves)):
+            self._drop("bad_proposal")
+            return
+        if proposal.round > ag.round:
+            ag.round, ag.round_started = proposal.round, self._now
+        for have in proposal.haves:
+            ag.haves.setdefault(have.signer, have)
+        ag.proposal = proposal
+        if ag.mine is None and self._now >= self._window_end(key) + self.grace_s:
+            self._close(key, out)
+        for signed in (*proposal.readings, *(() if proposal.boundary is None
+                                             else (proposal.boundary,))):
+            self._ingest(key.device, signed)
+        self._after_readings(key.device, out)
+
+    def _try_sign(self, key: WindowKey, ag: _Agreement, out: list[Outbound]) -> None:
+        proposal = ag.proposal
+        if proposal is None or ag.signed_round >= proposal.round or proposal.round != ag.round:
+            return
+        haves = [h.have for h in proposal.haves]
+        union = agreed_readings(haves)
+        wanted = list(union.items())
+        if proposal.boundary is not None:
+            wanted.append((Reading.from_canonical(proposal.boundary.body).seq,
+                           leaf_hash(proposal.boundary.body)))
+        missing = [s for s, leaf in wanted if not self._holds(key.device, s, leaf)]
+        if missing:
+            if ag.fetch_round < proposal.round:
+                ag.fetch_round = proposal.round
+                target = leader(self.members, ag.id, proposal.round)
+                for i in range(0, len(missing), MAX_FETCH):
+                    out.append(Outbound(self._agreement_topic, Fetch(
+                        key.device, tuple(missing[i:i + MAX_FETCH]), target).encode()))
+            return
+        store = self._device_store(key.device)
+        readings = [store[s] for s in union]
+        boundary = None
+        if proposal.boundary is not None:
+            boundary = store[wanted[-1][0]]
+        try:
+            att = window_attestation(
+                project=key.project, device=key.device, window_start=key.window_start,
+                window_seconds=ag.terms.window_seconds,
+                methodology=ag.terms.methodology_terms(), model_hash=ag.terms.model_hash,
+                readings=[(h.reading, h.signed.body) for h in readings],
+                boundary=None if boundary is None else boundary.reading,
+                rejected=agreed_rejected(haves))
+        except ValueError:
+            ag.signed_round = proposal.round  # a reading outside the window: never sign this
+            self._drop("bad_proposal")
+            return
+        digest = att.digest(self.domain)
+        signature = self.key.sign_digest(digest)
+        ag.signed_round = proposal.round
+        ag.evidence[digest] = (tuple(h.signed for h in readings),
+                               None if boundary is None else boundary.signed)
+        self.stats.attestations_signed += 1
+        wire = att.to_wire()
+        out.append(Outbound(self._agreement_topic, Sign(wire, signature).encode()))
+        self._on_sign(wire, signature, out)
+
+    def _on_sign(self, wire: bytes, signature: bytes, out: list[Outbound]) -> None:
+        try:
+            att = Attestation.from_wire(wire)
+        except PayloadError:
+            self._drop("malformed")
+            return
+        key = WindowKey(att.project, att.device, att.window_start)
+        if key in self._done:
+            return
+        cert = self.collector.add(att, signature)
+        if cert is None:
+            return
+        ag = self._agreements.get(key)
+        self.stats.certificates += 1
+        evidence = None if ag is None else ag.evidence.get(att.digest(self.domain))
+        if evidence is not None:
+            window = CertifiedWindow(cert, evidence[0], evidence[1])
+            out.append(Outbound(self._certificate_topic, window.to_wire()))
+        self._settle(key, att.id)
+
+    def _on_certificate(self, payload: bytes) -> None:
+        try:
+            window = CertifiedWindow.from_wire(payload)
+            verify_certificate(window.certificate, self.validators, self.domain)
+        except (PayloadError, CertificateError):
+            self._drop("bad_certificate")
+            return
+        att = window.attestation
+        self._settle(WindowKey(att.project, att.device, att.window_start), att.id)
+
+    def _settle(self, key: WindowKey, attestation_id: bytes) -> None:
+        """The window is certified: stop agreeing on it and forget its state."""
+        ag = self._agreements.pop(key, None)
+        self._windows.pop(key, None)
+        if ag is not None and ag.due_at is not None:
+            self.stats.quorum_latency_s.append(self._now - ag.due_at)
+        self.collector.forget(attestation_id)
+        self._done[key] = None
+        while len(self._done) > _DONE_MEMORY:
+            self._done.popitem(last=False)
+
+    # --- registry and counting ----------------------------------------------------------
+
+    def _on_registry(self, payload: bytes) -> None:
+        try:
+            self.registry.apply(SignedDeviceRecord.from_wire(payload))
+        except RegistryError as exc:
+            refused = self.stats.registry_refused
+            refused[exc.reason] = refused.get(exc.reason, 0) + 1
+        self.stats.registry_devices = len(self.registry)
+
+    def _reject_count(self, reason: str) -> None:
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+
+    def _drop(self, reason: str) -> None:
+        self.stats.messages_dropped[reason] = self.stats.messages_dropped.get(reason, 0) + 1
+

@@ -189,6 +189,14 @@ class ReadingVerifier:
             return self._reject(reading, *problem)
         return self._accept(reading, state)
 
+    def replay_needs(self, reading: Reading) -> int:
+        """For a ``pending`` reading: the first sequence number this verifier must see before
+        it can re-score ``reading`` (fetch ``[replay_needs(r), r.seq)`` from a peer)."""
+        state = self._devices.get(reading.device)
+        if state is None or state.scored_since != reading.scored_since_seq:
+            return reading.scored_since_seq
+        return state.next_to_score
+
     def _remember(self, state: _DeviceState, seq: int, digest: bytes) -> None:
         state.seen[seq] = digest
         while len(state.seen) > self.history:
