@@ -8,8 +8,12 @@ land in it), :meth:`WindowBook.close` states its :class:`Attestation`:
 * the accepted readings, sorted by sequence number, are the Merkle leaves (their signed
   bodies): ``readings_root`` and ``readings_accepted`` (the tree size);
 * ``readings_rejected`` counts the readings of that window this validator rejected;
-* the methodology turns the readings into ``quantity`` and ``co2e_mg``; a cumulative register
-  pairs the window's first reading with the device's last accepted reading before it.
+* the methodology turns the readings into ``quantity`` and ``co2e_mg`` by
+  :func:`senken_core.evidence.window_attestation`; a cumulative register pairs the window's
+  first reading with the device's last accepted reading before it when that one is seq - 1.
+
+The networked validator (validator/node.py) keeps its windows itself and agrees on their
+contents with its peers (docs/protocol.md, section 7); this book is the single-validator view.
 
 Two validators that accepted the same readings state the same attestation, byte for byte: the
 quorum protocol's job is to make them agree on that set (docs/protocol.md).
@@ -20,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from senken_core.attestation import Attestation
-from senken_core.merkle import MerkleTree
+from senken_core.evidence import window_attestation
 from senken_core.methodology import Methodology
 from senken_core.reading import Reading
 
@@ -89,16 +93,12 @@ class WindowBook:
         window = self._open.pop((device, window_start))
         self._closed[device] = max(self._closed.get(device, -1), window_start)
         ordered = [window.readings[s] for s in sorted(window.readings)]
-        readings = [r for r, _ in ordered]
         terms = self.terms
-        amount = terms.methodology.window_quantity(readings, self._last.get(device))
-        if readings:
-            self._last[device] = readings[-1]
-        return Attestation(
+        attestation = window_attestation(
             project=terms.project, device=device, window_start=window_start,
-            window_seconds=terms.window_seconds, methodology=terms.methodology.name,
-            methodology_version=terms.methodology.version,
-            readings_accepted=len(readings), readings_rejected=window.rejected,
-            quantity=amount.quantity, co2e_mg=amount.co2e_mg,
-            readings_root=MerkleTree(body for _, body in ordered).root,
-            model_hash=terms.model_sha256)
+            window_seconds=terms.window_seconds, methodology=terms.methodology,
+            model_hash=terms.model_sha256, readings=ordered, boundary=self._last.get(device),
+            rejected=window.rejected)
+        if ordered:
+            self._last[device] = ordered[-1][0]
+        return attestation
