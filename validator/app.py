@@ -1,0 +1,537 @@
+"""The validator's composition root and runner: the I/O around the pure :class:`ValidatorNode`.
+
+Tasks and channels (one asyncio loop on the main thread, one HTTP thread)::
+
+    broker ══MQTT v5, QoS 1, clean_start=False, session expiry, will = status "offline"══╗
+      ▲                                                                                  ║
+      ║ publish (≤ 64 in flight)                                         messages (queue) ║
+      ║                                                                                  ▼
+    [publisher task] ◀── outbox (deque of Outbound) ◀──┬── [receiver task] node.on_message
+      per connection         bounded, oldest dropped   │     per connection, inline CPU work
+                                                       │         │ wake (asyncio.Event)
+                                                       │         ▼
+                                                       └── [timer task] node.tick at
+                                                             node.next_deadline(), and at
+                                                             least every 0.5 s; lives across
+                                                             connections
+    [supervisor] connect → publish status "online" (retained) → subscribe node.subscriptions()
+       → run receiver + publisher until the link drops (→ backoff 2^n, capped, jittered;
+       reconnect, resubscribe) or SIGTERM/SIGINT (→ flush the outbox ≤ 3 s, publish
+       "offline" (retained), disconnect cleanly so the broker drops the will).
+    [HTTP thread] /metrics, /health ── reads NodeStats + RunnerState (validator.metrics)
+
+The node never does I/O and is fed ``time.time()``; a message on which it raises is logged,
+counted (``node_errors``) and skipped, and so is a tick. Outbound messages produced while the
+broker is away wait in the outbox (at most ``OUTBOX_MAX``; beyond, the oldest are dropped and
+counted) and are published on reconnect; a publish cut off by a lost connection is retried,
+so delivery is at least once and, across a reconnect, not always in order. Incoming QoS 1
+messages are acknowledged on receipt (paho; aiomqtt has no manual acknowledgement): those the
+node has not yet processed when the process dies are lost to it, like the node's own state,
+which lives in memory.
+
+Retained messages (the device registry): the first subscription of a process asks for them
+(the node starts empty); later resubscriptions use MQTT 5 retain handling 1 ("only for a new
+subscription", MQTT 5.0 section 3.8.3.1), since the persistent session already delivered any
+change while the link was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from senken_core.errors import SenkenError
+from senken_core.network import NetworkConfig, load_network_config, parse_address
+from senken_core.secp256k1 import ValidatorKey
+from senken_core.topics import STATUS_QOS, validator_topic
+from validator.config import ValidatorConfig
+from validator.metrics import HealthServer, RunnerState, StatsLike, ValidatorMetrics
+from validator.node import Outbound
+from validator.verify import Scorer
+
+__all__ = [
+    "Node",
+    "NodeFactory",
+    "ServiceError",
+    "Setup",
+    "StartupError",
+    "ValidatorRunner",
+    "default_node_factory",
+    "prepare",
+    "run_validator",
+]
+
+log = logging.getLogger(__name__)
+
+TICK_EVERY_S = 0.5  # the node's timers are looked at least this often
+MIN_TICK_GAP_S = 0.01  # a deadline that stays in the past cannot make the timer spin
+OUTBOX_MAX = 100_000
+INFLIGHT_MAX = 64
+PUBLISH_TIMEOUT_S = 10.0
+STOP_FLUSH_S = 3.0
+STABLE_SESSION_S = 10.0
+_LINK_CODES = {paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST, paho.MQTT_ERR_QUEUE_SIZE}
+
+
+class StartupError(SenkenError):
+    """The validator cannot start as configured (key, network file, model, broker credentials);
+    the message says what to fix."""
+
+
+class ServiceError(SenkenError):
+    """The running service cannot go on (e.g. its HTTP port is taken)."""
+
+
+class Node(Protocol):
+    """What the runner needs of :class:`validator.node.ValidatorNode`."""
+
+    address: bytes
+
+    @property
+    def stats(self) -> StatsLike: ...
+    def subscriptions(self) -> list[tuple[str, int]]: ...
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Outbound]: ...
+    def tick(self, now: float) -> list[Outbound]: ...
+    def next_deadline(self) -> float | None: ...
+    def status_payload(self, online: bool) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Everything loaded and checked before any I/O."""
+
+    cfg: ValidatorConfig
+    key: ValidatorKey
+    network: NetworkConfig
+    scorer_for: Callable[[str], Scorer] | None
+
+
+NodeFactory = Callable[[Setup], Node]
+
+
+def default_node_factory(setup: Setup) -> Node:
+    from validator.node import ValidatorNode
+
+    node: Node = ValidatorNode(setup.key, setup.network, scorer_for=setup.scorer_for,
+                               grace_s=setup.cfg.grace_s,
+                               round_timeout_s=setup.cfg.round_timeout_s)
+    return node
+
+
+def _scorer_factory(cfg: ValidatorConfig, network: NetworkConfig,
+                    ) -> Callable[[str], Scorer] | None:
+    if not cfg.model.check:
+        return None
+    from senken_core.anomaly import AnomalyModel, ReadingScorer
+    from senken_core.sensors import sensor_kind
+
+    expected = bytes.fromhex(cfg.model.sha256) if cfg.model.sha256 else None
+    model = AnomalyModel.load(cfg.model.path, expected_sha256=expected)  # ModelError
+    for project in network.projects:
+        if project.model_hash != model.sha256:
+            log.warning("project %s requires model %s but this validator loaded %s (%s): its "
+                        "readings will be rejected as wrong_model", project.id,
+                        project.model_sha256, model.sha256.hex(), model.path)
+
+    def scorer_for(kind: str) -> Scorer:
+        return ReadingScorer(model, sensor_kind(kind).channels)
+
+    return scorer_for
+
+
+def prepare(cfg: ValidatorConfig) -> Setup:
+    """Load the key, the network file and the model and check they fit together.
+
+    Raises a :class:`SenkenError` (KeyFileError, ConfigError, ModelError, StartupError) whose
+    message says what to fix. Does no network I/O.
+    """
+    key = ValidatorKey.load(cfg.key_path)
+    network = load_network_config(cfg.network_file)
+    members = {parse_address(a) for a in network.validators}
+    if key.address not in members:
+        raise StartupError(
+            f"this validator (0x{key.address.hex()}) is not in the validators of "
+            f"{cfg.network_file}; add its address there (senken network init --validator ...)")
+    m = cfg.mqtt
+    for what, path in (("password_file", m.password_file), ("tls_ca_file", m.tls_ca_file),
+                       ("tls_cert_file", m.tls_cert_file), ("tls_key_file", m.tls_key_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise StartupError(f"mqtt {what} {path} cannot be read; fix the path or its "
+                               "permissions")
+    if m.password_file is not None and not m.read_password():
+        raise StartupError(f"mqtt password_file {m.password_file} is empty")
+    return Setup(cfg, key, network, _scorer_factory(cfg, network))
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    return str(payload).encode()
+
+
+class _LinkLost(Exception):
+    pass
+
+
+class ValidatorRunner:
+    """Runs one node against the broker until ``stop`` is set (see the module docstring)."""
+
+    def __init__(self, cfg: ValidatorConfig, node: Node, topic_prefix: str, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.clock = clock
+        self.state = RunnerState(started_at=clock())
+        self.metrics = ValidatorMetrics(lambda: self.node.stats, self.state, node.address,
+                                        clock)
+        self.status_topic = validator_topic(node.address, "status", topic_prefix)
+        self.client_id = cfg.client_id_for(node.address)
+        self._outbox: deque[Outbound] = deque()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._subscribed_once = False
+        self._errors_logged = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # the node's deadline may have moved
+        self._outbox_ready = asyncio.Event()
+        self._drained = asyncio.Event()  # outbox empty and nothing in flight
+        self._link_lost = asyncio.Event()  # a publish found the link down
+
+    # -- the node, fed inline ------------------------------------------------------------
+
+    def _after_node(self, outbound: list[Outbound]) -> None:
+        self.metrics.drain(self.node.stats)
+        for item in outbound:
+            self._outbox.append(item)
+        overflow = len(self._outbox) - OUTBOX_MAX
+        if overflow > 0:
+            for _ in range(overflow):
+                self._outbox.popleft()
+            self.state.outbound_dropped += overflow
+            log.warning("outbox full (%d messages waiting for the broker): dropped the %d "
+                        "oldest", OUTBOX_MAX, overflow)
+        if outbound:
+            self._outbox_ready.set()
+            self._drained.clear()
+        self.state.outbound_queued = len(self._outbox) + len(self._inflight)
+        self._wake.set()  # the node's next deadline may have moved
+
+    def _node_failed(self, what: str) -> None:
+        self.state.node_errors += 1
+        # a flood of failing messages must not flood the log with tracebacks
+        if self._errors_logged < 20 or self.state.node_errors % 1000 == 0:
+            self._errors_logged += 1
+            log.error("the node raised on %s; skipped (%d so far)", what, self.state.node_errors,
+                      exc_info=True)
+
+    def handle_message(self, topic: str, payload: bytes) -> None:
+        """Feed one message to the node and queue what it wants sent. Never raises."""
+        now = self.clock()
+        self.state.messages_received += 1
+        self.state.last_message_at = now
+        try:
+            outbound = self.node.on_message(topic, payload, now)
+        except Exception:
+            self._node_failed(f"a message on {topic} ({len(payload)} bytes)")
+            outbound = []
+        self._after_node(outbound)
+
+    def _tick(self, now: float) -> None:
+        try:
+            outbound = self.node.tick(now)
+        except Exception:
+            self._node_failed("a tick")
+            outbound = []
+        self._after_node(outbound)
+
+    def _deadline(self) -> float | None:
+        try:
+            return self.node.next_deadline()
+        except Exception:
+            self._node_failed("next_deadline")
+            return None
+
+    async def _timer_loop(self) -> None:
+        last_tick = -float("inf")  # monotonic
+        while True:
+            self._wake.clear()
+            since = time.monotonic() - last_tick
+            wait_s = TICK_EVERY_S - since
+            deadline = self._deadline()
+            if deadline is not None:
+                wait_s = min(wait_s, max(deadline - self.clock(), MIN_TICK_GAP_S - since))
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                continue
+            last_tick = time.monotonic()
+            self._tick(self.clock())
+
+    # -- the broker ------------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        m = self.cfg.mqtt
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = m.session_expiry_s
+        tls = None
+        if m.tls_ca_file is not None:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(m.tls_ca_file),
+                certfile=str(m.tls_cert_file) if m.tls_cert_file else None,
+                keyfile=str(m.tls_key_file) if m.tls_key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED)
+        return aiomqtt.Client(
+            m.host, m.port, username=m.username, password=m.read_password(),
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.status_topic, self.node.status_payload(False),
+                              qos=STATUS_QOS, retain=True),
+            clean_start=False, properties=properties, keepalive=m.keepalive_s,
+            timeout=m.connect_timeout_s, tls_params=tls, logger=log.getChild("mqtt"))
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        retain_handling = (SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if self._subscribed_once
+                           else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+        topics = [(f, SubscribeOptions(qos=q, retainHandling=retain_handling))
+                  for f, q in self.node.subscriptions()]
+        if not topics:
+            return
+        codes = await client.subscribe(topics)
+        for (topic, _o), code in zip(topics, codes, strict=False):
+            value = getattr(code, "value", code)
+            if isinstance(value, int) and value >= 0x80:
+                log.error("the broker refused the subscription to %s: %s (check its ACL)",
+                          topic, code)
+        self._subscribed_once = True
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.handle_message(message.topic.value, _payload_bytes(message.payload))
+
+    async def _publish_one(self, client: aiomqtt.Client, item: Outbound,
+                           slots: asyncio.Semaphore) -> None:
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain,
+                                 timeout=PUBLISH_TIMEOUT_S)
+            self.state.published += 1
+        except asyncio.CancelledError:
+            self._outbox.appendleft(item)  # cut off by a stop or a lost link: sent again later
+            raise
+        except aiomqtt.MqttCodeError as exc:
+            self.state.publish_failures += 1
+            if exc.rc in _LINK_CODES:
+                self._outbox.appendleft(item)
+                self._link_lost.set()
+            else:
+                log.error("cannot publish %d bytes to %s: %s; dropped", len(item.payload),
+                          item.topic, exc)
+        except aiomqtt.MqttError as exc:  # no PUBACK in time: the link is likely dead
+            self.state.publish_failures += 1
+            self._outbox.appendleft(item)
+            log.warning("publish to %s: %s", item.topic, exc)
+            self._link_lost.set()
+        except ValueError as exc:  # paho refuses the topic or QoS: the node's bug
+            self.state.publish_failures += 1
+            log.error("cannot publish to %r: %s; dropped", item.topic, exc)
+        finally:
+            slots.release()
+
+    def _publish_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self.state.outbound_queued = len(self._outbox) + len(self._inflight)
+        if not self._outbox and not self._inflight:
+            self._drained.set()
+
+    async def _publish_loop(self, client: aiomqtt.Client) -> None:
+        slots = asyncio.Semaphore(INFLIGHT_MAX)
+        while not self._link_lost.is_set():
+            if not self._outbox:
+                if not self._inflight:
+                    self._drained.set()
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+                continue
+            await slots.acquire()
+            if self._link_lost.is_set() or not self._outbox:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._publish_one(client, self._outbox.popleft(), slots))
+            self._inflight.add(task)
+            task.add_done_callback(self._publish_done)
+
+    async def _session(self) -> None:
+        """One connection: returns after a clean stop, raises MqttError/_LinkLost otherwise."""
+        client = self._client()
+        async with client:
+            self.state.connected = True
+            self.state.connections += 1
+            log.info("connected to %s:%d as %s", self.cfg.mqtt.host, self.cfg.mqtt.port,
+                     self.client_id)
+            await client.publish(self.status_topic, self.node.status_payload(True),
+                                 qos=STATUS_QOS, retain=True, timeout=PUBLISH_TIMEOUT_S)
+            await self._subscribe(client)
+            self._link_lost.clear()
+            receiver = asyncio.create_task(self._receive(client))
+            publisher = asyncio.create_task(self._publish_loop(client))
+            stopping = asyncio.create_task(self._stop.wait())
+            lost = asyncio.create_task(self._link_lost.wait())
+            tasks = {receiver, publisher, stopping, lost}
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                receiver.cancel()
+                if self._stop.is_set() and not self._link_lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._drained.wait(), STOP_FLUSH_S)
+            finally:
+                for task in (*tasks, *self._inflight):
+                    task.cancel()
+                await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
+            for task in (receiver, publisher):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if self._link_lost.is_set() or not self._stop.is_set():
+                raise _LinkLost("a publish failed: the broker link is down")
+            await client.publish(self.status_topic, self.node.status_payload(False),
+                                 qos=STATUS_QOS, retain=True, timeout=STOP_FLUSH_S)
+            log.info("published status offline; disconnecting")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, reconnect and process until ``stop`` is set. Returns after a clean stop."""
+        self._stop = stop
+        timer = asyncio.create_task(self._timer_loop(), name="validator-timer")
+
+        def timer_ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                stop.set()
+
+        timer.add_done_callback(timer_ended)
+        attempt = 0
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._session()
+                except (aiomqtt.MqttError, _LinkLost, OSError) as exc:
+                    problem = str(exc) or type(exc).__name__
+                else:
+                    problem = ""
+                finally:
+                    self.state.connected = False
+                if stop.is_set():
+                    break
+                if time.monotonic() - started >= STABLE_SESSION_S:
+                    attempt = 0  # a link that held; a broker that drops us at once backs off
+                m = self.cfg.mqtt
+                delay = min(m.reconnect_max_s, m.reconnect_min_s * 2 ** min(attempt, 30))
+                delay *= random.uniform(0.5, 1.0)
+                attempt += 1
+                log.warning("broker %s:%d: %s; reconnecting in %.1f s", m.host, m.port,
+                            problem or "disconnected", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+        if not timer.cancelled() and timer.exception() is not None:  # a bug: stop, loudly
+            raise ServiceError(f"the timer task failed: {timer.exception()!r}") \
+                from timer.exception()
+
+
+# -- the process ------------------------------------------------------------------------------
+
+
+def _lock_state_dir(cfg: ValidatorConfig) -> int:
+    """One validator per state dir: two would share one client id and evict each other."""
+    fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"another validator (pid {holder}) is running on {cfg.state_dir}; "
+                           "stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _write_status(cfg: ValidatorConfig, status: dict[str, object]) -> None:
+    tmp = cfg.status_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1, sort_keys=True), "utf-8")
+    os.replace(tmp, cfg.status_path)
+
+
+async def _serve(runner: ValidatorRunner) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_validator(cfg: ValidatorConfig, node_factory: NodeFactory | None = None) -> None:
+    """Run until SIGTERM/SIGINT.
+
+    Raises a :class:`SenkenError` before starting when the setup is wrong (see
+    :func:`prepare`; :class:`StartupError` also when another validator holds the state dir),
+    :class:`ServiceError` when the HTTP port cannot be bound.
+    """
+    setup = prepare(cfg)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = _lock_state_dir(cfg)
+    http: HealthServer | None = None
+    status: dict[str, object] = {}
+    try:
+        node = (node_factory or default_node_factory)(setup)
+        if node.address != setup.key.address:
+            raise ServiceError("the node's address is not its key's")
+        runner = ValidatorRunner(cfg, node, setup.network.topic_prefix)
+        http = HealthServer(runner.metrics, cfg.http.host, cfg.http.port)
+        try:
+            port = http.start()
+        except OSError as exc:
+            raise ServiceError(
+                f"/metrics and /health on {cfg.http.host}:{cfg.http.port}: "
+                f"{exc.strerror or exc}; set [http] port (0 picks a free one)") from None
+        status = {"pid": os.getpid(), "address": "0x" + node.address.hex(),
+                  "http_host": cfg.http.host, "http_port": port, "client_id": runner.client_id,
+                  "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "running": True,
+                  "started_ms": int(time.time() * 1000)}
+        _write_status(cfg, status)
+        log.info("validator 0x%s: broker %s:%d, prefix %s, /metrics and /health on %s:%d",
+                 node.address.hex(), cfg.mqtt.host, cfg.mqtt.port,
+                 setup.network.topic_prefix, cfg.http.host, port)
+        asyncio.run(_serve(runner))
+        log.info("validator stopped")
+    finally:
+        if http is not None:
+            http.stop()
+        if status:
+            with contextlib.suppress(OSError):
+                _write_status(cfg, {**status, "running": False,
+                                    "stopped_ms": int(time.time() * 1000)})
+        os.close(lock_fd)
