@@ -1,0 +1,124 @@
+"""The ledger's configuration: a TOML file plus ``SENKEN_LEDGER_*`` environment variables.
+
+Example (``senken ledger init`` writes one)::
+
+    state_dir = "/var/lib/senken-ledger"
+    network_file = "/etc/senken/network.toml"
+    # database_url = "postgresql://ledger@db.example.org/ledger"   (default: embedded SQLite)
+
+    [mqtt]
+    host = "broker.example.org"
+    port = 8883
+    tls_ca_file = "/etc/senken/ca.pem"
+
+    [api]
+    host = "0.0.0.0"
+    port = 8470
+
+    [timeseries]            # optional: export readings to InfluxDB / VictoriaMetrics
+    url = "http://127.0.0.1:8428"
+
+Environment: ``SENKEN_LEDGER_MQTT__HOST=...`` overrides ``[mqtt] host``;
+``SENKEN_LEDGER_CONFIG`` names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from senken_core.config import build, load_config, setting
+
+__all__ = ["DEFAULT_STATE_DIR", "ApiConfig", "LedgerConfig", "MqttConfig", "TimeseriesConfig",
+           "default_config_path", "load_ledger_config"]
+
+DEFAULT_STATE_DIR = Path(os.environ.get("SENKEN_LEDGER_HOME", "~/.senken/ledger")).expanduser()
+_PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "xxx", "token", ""}
+
+
+def _database_url(v: str) -> None:
+    if not v.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
+
+
+def _client_id(v: str) -> None:
+    if not 1 <= len(v) <= 64 or not v.isascii() or not v.isprintable():
+        raise ValueError("must be 1-64 printable ASCII characters")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(1883, gt=0, lt=65536)
+    username: str | None = None
+    password_file: Path | None = setting(None, doc="file holding the broker password")
+    tls_ca_file: Path | None = setting(None, doc="CA to trust for the broker (enables TLS)")
+    client_id: str = setting("senken-ledger", check=_client_id,
+                             doc="fixed: the broker keeps this session's queue")
+    session_expiry_s: int = setting(7 * 86400, ge=0, lt=2**32,
+                                    doc="how long the broker queues certificates for us")
+    keepalive_s: int = setting(30, ge=5, le=3600)
+
+    def read_password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return self.password_file.read_text("utf-8").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(8470, ge=0, lt=65536, doc="0: any free port")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeseriesConfig:
+    url: str | None = setting(None, doc="InfluxDB / VictoriaMetrics URL; unset: history "
+                                        "stays in the ledger database only")
+    token: str | None = None
+    org: str = "senken"
+    bucket: str = "senken"
+    batch_size: int = setting(5000, ge=1, le=100_000)
+    retry_max_s: float = setting(30.0, gt=0, le=3600)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token.strip().lower() in _PLACEHOLDERS:
+            raise ValueError("timeseries token is a placeholder; set the real one or remove it")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    network_file: Path | None = setting(None, doc="the network's terms; default "
+                                                   "<state_dir>/network.toml")
+    database_url: str | None = setting(None, check=_database_url,
+                                       doc="default: sqlite:///<state_dir>/ledger.db")
+    mqtt: MqttConfig = setting(default_factory=MqttConfig)
+    api: ApiConfig = setting(default_factory=ApiConfig)
+    timeseries: TimeseriesConfig = setting(default_factory=TimeseriesConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> LedgerConfig:
+        """Build from plain data (as a TOML file holds it); raises ConfigError."""
+        return build(cls, data, source)
+
+    @property
+    def network_path(self) -> Path:
+        return self.network_file or self.state_dir / "network.toml"
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force (the embedded SQLite file unless one is set)."""
+        return self.database_url or f"sqlite:///{self.state_dir / 'ledger.db'}"
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("SENKEN_LEDGER_CONFIG")
+    return Path(env) if env else DEFAULT_STATE_DIR / "ledger.toml"
+
+
+def load_ledger_config(path: Path | None = None) -> LedgerConfig:
+    """Load and validate the ledger's config; raises ConfigError listing every bad field."""
+    return load_config(LedgerConfig, path or default_config_path(), "SENKEN_LEDGER_")
