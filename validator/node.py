@@ -285,10 +285,12 @@ class ValidatorNode:
             stats.readings_verified += 1
             assert verdict.reason is not None
             self._reject_count(verdict.reason.value)
+            # counted in the window of the device whose topic it came on, if that device is
+            # in good standing (a revoked or unknown device gets no windows at all)
             reading = verdict.reading
-            entry = self.registry.lookup(reading.device) if reading is not None else None
-            if reading is not None and entry is not None:
-                key = self._window_key(entry.project, reading.device, reading.ts_ms)
+            entry = self.registry.lookup(topic_device)
+            if reading is not None and entry is not None and not entry.revoked:
+                key = self._window_key(entry.project, topic_device, reading.ts_ms)
                 if key is not None and key not in self._agreements and key not in self._done:
                     self._window(key).rejected += 1
         return verdict.status
@@ -546,15 +548,19 @@ class ValidatorNode:
             ag.signed_round = proposal.round  # a reading outside the window: never sign this
             self._drop("bad_proposal")
             return
-        digest = att.digest(self.domain)
-        signature = self.key.sign_digest(digest)
+        att, signature = self._sign(att)
         ag.signed_round = proposal.round
-        ag.evidence[digest] = (tuple(h.signed for h in readings),
-                               None if boundary is None else boundary.signed)
+        ag.evidence[att.digest(self.domain)] = (tuple(h.signed for h in readings),
+                                                None if boundary is None else boundary.signed)
         self.stats.attestations_signed += 1
         wire = att.to_wire()
         out.append(Outbound(self._agreement_topic, Sign(wire, signature).encode()))
         self._on_sign(wire, signature, out)
+
+    def _sign(self, att: Attestation) -> tuple[Attestation, bytes]:
+        """The attestation this node signs and its signature (a seam for fault-injection
+        tests: a faulty validator signs something else)."""
+        return att, self.key.sign_digest(att.digest(self.domain))
 
     def _on_sign(self, wire: bytes, signature: bytes, out: list[Outbound]) -> None:
         try:

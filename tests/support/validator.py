@@ -134,16 +134,20 @@ class EchoNode:
 class ValidatorProcess:
     """``senken validator run`` (or the fake-node runner) as a real process."""
 
-    def __init__(self, config: Path, fake: bool = False) -> None:
+    def __init__(self, config: Path, fake: bool = False, inflate: bool = False) -> None:
+        """``fake``: the runner around EchoNode; ``inflate``: the real node, but signing every
+        attestation with ten times its quantity (a faulty validator)."""
         self.config = config
         self.state_dir = config.parent
         self.fake = fake
+        self.inflate = inflate
         self.proc: subprocess.Popen[str] | None = None
         self.log = self.state_dir / "validator.log"
 
     def command(self) -> list[str]:
-        if self.fake:
-            return [sys.executable, "-m", "tests.support.validator", "--config", str(self.config)]
+        if self.fake or self.inflate:
+            return [sys.executable, "-m", "tests.support.validator", "--config", str(self.config),
+                    *(["--inflate"] if self.inflate else [])]
         return [sys.executable, "-m", "senken", "validator", "run", "--config", str(self.config)]
 
     def start(self, connected: bool = True) -> ValidatorProcess:
@@ -268,6 +272,23 @@ class TopicWatcher:
         self.client.publish(topic, payload, qos=qos).wait_for_publish(10)
 
 
+def inflating_node(setup: Any) -> Any:
+    """A real ValidatorNode that signs ten times the quantity and credit of every attestation
+    it signs (and nothing else): a faulty validator for the end-to-end tests."""
+    from dataclasses import replace
+
+    from senken_core.attestation import Attestation
+    from validator.node import ValidatorNode
+
+    class Inflating(ValidatorNode):
+        def _sign(self, att: Attestation) -> tuple[Attestation, bytes]:
+            bad = replace(att, quantity=att.quantity * 10 + 1, co2e_mg=att.co2e_mg * 10 + 1)
+            return bad, self.key.sign_digest(bad.digest(self.domain))
+
+    return Inflating(setup.key, setup.network, scorer_for=setup.scorer_for,
+                     grace_s=setup.cfg.grace_s, round_timeout_s=setup.cfg.round_timeout_s)
+
+
 def _main() -> None:
     """``python -m tests.support.validator --config F``: the runner around EchoNode."""
     import click
@@ -278,13 +299,15 @@ def _main() -> None:
 
     @click.command()
     @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
-    def run(config_path: Path) -> None:
+    @click.option("--inflate", is_flag=True, help="the real node, signing inflated attestations")
+    def run(config_path: Path, inflate: bool) -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            run_validator(load_validator_config(config_path), node_factory=EchoNode)
+            run_validator(load_validator_config(config_path),
+                          node_factory=inflating_node if inflate else EchoNode)
         except ServiceError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
