@@ -213,7 +213,8 @@ def windows_of(certs: dict[tuple[str, int], dict[str, Any]], device: str) -> lis
 
 def check_offline(net: Network, att: dict[str, Any]) -> tuple[bytes, ...]:
     """What a buyer does: fetch the evidence and the registry record, check them offline."""
-    evidence = CertifiedWindow.from_wire(_get(f"{net.ledger.api}/attestations/{att['id']}/evidence"))
+    evidence = CertifiedWindow.from_wire(
+        _get(f"{net.ledger.api}/attestations/{att['id']}/evidence"))
     record = SignedDeviceRecord.from_wire(
         _get(f"{net.ledger.api}/attestations/{att['id']}/registry")).verify(OWNER.public_key)
     terms = load_network_config(net.network_file)
@@ -293,7 +294,6 @@ def test_attacks_published_with_mosquitto_pub_are_rejected_and_never_counted(
         network: Network) -> None:
     net = network
     (device,) = start_devices(net, 1)
-    key = net.devices[device]
     with TopicWatcher(net.broker.port, device_topic(device, "readings", net.prefix)) as tap:
         wait_until(lambda: len(tap.payloads(device_topic(device, "readings", net.prefix))) >= 5,
                    30, "the agent's readings")
