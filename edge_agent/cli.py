@@ -176,3 +176,74 @@ def status_cmd(config_path: Path | None, as_json: bool) -> None:
                + (json.dumps(rejected, sort_keys=True) if rejected else ""))
     click.echo(f"model:        {status.get('model_sha256', 'unknown')}")
     click.echo(f"last error:   {status.get('last_error') or 'none'}")
+
+
+class _BadInput(click.ClickException):
+    """Bad input: exit code 2 and one line."""
+
+    exit_code = 2
+
+
+@edge_group.command("enroll")
+@click.option("--token", default=None, help="the one-time enrollment token from the project owner")
+@click.option("--gateway", "gateway_url", default=None, metavar="URL",
+              help="the gateway, e.g. https://gateway.example.org")
+@_CONFIG_OPTION
+@click.option("--wait", "wait_s", type=click.FloatRange(0, 7 * 86400), default=600.0,
+              show_default=True, help="seconds to wait for the owner's approval")
+@click.option("--kind", default=None, help="sensor kind [default: the config's serial.kind]")
+@click.option("--location", default="", help="where the device is installed")
+@click.option("--calibration-date", default="", help="the meter's last calibration, YYYY-MM-DD")
+@click.option("--technician", default="", help="who installed it")
+@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(0.05, 300),
+              default=2.0, show_default=True, help="seconds between status checks")
+@click.option("--gateway-ca", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="CA certificate of an https gateway [default: the system's]")
+def enroll_cmd(token: str | None, gateway_url: str | None, config_path: Path | None,
+               wait_s: float, kind: str | None, location: str, calibration_date: str,
+               technician: str, poll_interval_s: float, gateway_ca: Path | None) -> None:
+    """Register this device with the gateway, wait for the project owner's approval, then
+    write the broker account it gets into the config.
+
+    Sends the device's public key (the private key never leaves the device). An enrollment
+    that is still pending when --wait runs out resumes on the next run, without a token.
+    """
+    from edge_agent.config import EdgeConfig
+    from edge_agent.enroll import EnrollError, enroll
+    from senken_core.keys import DeviceKey
+
+    path = config_path or default_config_path()
+    try:
+        cfg = load_edge_config(path)
+        public_key = DeviceKey.load(cfg.key_path).public_key
+    except ConfigError as exc:
+        raise _BadInput(f"invalid configuration in {exc.source}: "
+                        + "; ".join(exc.problems)) from None
+    except SenkenError as exc:
+        raise _BadInput(str(exc)) from None
+
+    def validate(data: dict[str, object]) -> object:
+        try:
+            return EdgeConfig.from_dict(data, str(path))
+        except ConfigError as exc:
+            raise EnrollError("the updated config would be invalid: "
+                              + "; ".join(exc.problems), bad_input=True) from None
+
+    install = {"location": location, "calibration_date": calibration_date,
+               "technician": technician}
+    try:
+        answer = enroll(path, cfg.state_dir, cfg.device_id, public_key,
+                        kind or cfg.serial.kind, gateway_url, token, install, wait_s,
+                        poll_interval_s, validate, click.echo, gateway_ca)
+    except EnrollError as exc:
+        if exc.bad_input:
+            raise _BadInput(str(exc)) from None
+        raise click.ClickException(str(exc)) from None
+    if answer.get("status") == "pending" and wait_s > 0:
+        raise click.ClickException(
+            f"still pending after {wait_s:.0f} s: ask the project owner to approve "
+            f"{cfg.device_id} (senken gateway approve), then run `senken edge enroll "
+            f"--config {path}` again")
+    if answer.get("status") == "pending":
+        click.echo(f"pending; run `senken edge enroll --config {path}` to collect the broker "
+                   "account once approved")
