@@ -142,7 +142,8 @@ class Attestation:
             raise PayloadError(f"attestation: not canonical CBOR ({exc})") from None
         if not isinstance(value, dict):
             raise PayloadError("attestation: expected a map")
-        if value.get("schema") != _WIRE_SCHEMA:
+        schema = value.get("schema")
+        if isinstance(schema, bool) or schema != _WIRE_SCHEMA:
             raise PayloadError(f"attestation: unknown schema {value.get('schema')!r}")
         names = {f.name for f in fields(cls)}
         given = set(value) - {"schema"}

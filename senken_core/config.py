@@ -190,6 +190,9 @@ def build(schema: type[T], data: Mapping[str, Any], source: str = "settings") ->
 
 
 def _env_overlay(data: dict[str, Any], env_prefix: str, environ: Mapping[str, str]) -> list[str]:
+    """Apply the environment to ``data``; an array (of tables) is indexed by number, as in
+    ``SENKEN_NETWORK_PROJECTS__0__GRID_EF_G_PER_KWH``. Raises :class:`ConfigError` for an
+    index the array does not have."""
     applied = []
     for name, value in environ.items():
         if not name.startswith(env_prefix) or name == env_prefix.rstrip("_") + "_CONFIG":
@@ -197,13 +200,24 @@ def _env_overlay(data: dict[str, Any], env_prefix: str, environ: Mapping[str, st
         path = name[len(env_prefix) :].lower().split("__")
         if not all(path):
             continue
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                child = node[part] = {}
+        node: dict[str, Any] | list[Any] = data
+        for depth, part in enumerate(path):
+            if isinstance(node, list):
+                index = int(part) if part.isdecimal() else -1
+                if not 0 <= index < len(node):
+                    raise ConfigError("environment", [
+                        f"{name}: {'.'.join(path[:depth])} has {len(node)} entries; "
+                        f"{part!r} is not an index of one (0 .. {len(node) - 1})"])
+                key: Any = index
+            else:
+                key = part
+            if depth == len(path) - 1:
+                node[key] = value
+                break
+            child = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
+            if not isinstance(child, dict | list):
+                child = node[key] = {}
             node = child
-        node[path[-1]] = value
         applied.append(name)
     return applied
 

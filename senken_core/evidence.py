@@ -12,6 +12,10 @@ compute the same bytes. Its rules:
   increment across the window boundary is credited to the later window, exactly once, because
   a pair (seq - 1, seq) belongs to the window of seq only. Without it that one increment is not
   credited (conservative, never counted twice);
+* inside the window too, only pairs (seq - 1, seq) are credited: the methodology is applied to
+  each run of consecutive sequence numbers. Across a gap (a rejected reading, or one that an
+  agent clock stepping back put into another window, where its own pairs are credited) the
+  increment is not credited, so no increment is ever counted in two windows;
 * ``readings_rejected`` is the count the validators agreed on (docs/protocol.md).
 
 A :class:`CertifiedWindow` is a quorum certificate plus the signed readings (and boundary
@@ -80,12 +84,18 @@ def window_attestation(
         previous = reading.seq
     plain = [r for r, _ in readings]
     before = usable_boundary(plain[0] if plain else None, boundary, window_start)
-    amount = methodology.window_quantity(plain, before)
+    quantity = co2e_mg = 0
+    run = 0  # the start of the current run of consecutive sequence numbers
+    for i in range(1, len(plain) + 1):
+        if i == len(plain) or plain[i].seq != plain[i - 1].seq + 1:
+            amount = methodology.window_quantity(plain[run:i], before if run == 0 else None)
+            quantity, co2e_mg = quantity + amount.quantity, co2e_mg + amount.co2e_mg
+            run = i
     return Attestation(
         project=project, device=device, window_start=window_start,
         window_seconds=window_seconds, methodology=methodology.name,
         methodology_version=methodology.version, readings_accepted=len(plain),
-        readings_rejected=rejected, quantity=amount.quantity, co2e_mg=amount.co2e_mg,
+        readings_rejected=rejected, quantity=quantity, co2e_mg=co2e_mg,
         readings_root=merkle_root([body for _, body in readings]), model_hash=model_hash)
 
 
@@ -132,7 +142,8 @@ class CertifiedWindow:
         except EncodingError as exc:
             raise PayloadError(f"certified window: not canonical CBOR ({exc})") from None
         keys = {"v", "attestation", "signatures", "readings", "boundary"}
-        if not isinstance(value, dict) or set(value) != keys or value["v"] != _SCHEMA:
+        if (not isinstance(value, dict) or set(value) != keys or type(value["v"]) is not int
+                or value["v"] != _SCHEMA):  # (True == 1 in Python)
             raise PayloadError("certified window: expected a version-1 map of "
                                + ", ".join(sorted(keys)))
         if not isinstance(value["attestation"], bytes):

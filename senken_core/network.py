@@ -38,14 +38,16 @@ from senken_core.topics import DEFAULT_PREFIX
 __all__ = ["NetworkConfig", "ProjectConfig", "load_network_config", "parse_address"]
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def parse_address(text: str) -> bytes:
     """A ``0x``-prefixed 20-byte hex address; raises ValueError."""
-    if not isinstance(text, str) or not text.startswith("0x") or len(text) != 42:
+    # (bytes.fromhex alone would skip whitespace: "0x" + 38 digits + 2 spaces is 19 bytes)
+    if (not isinstance(text, str) or not text.startswith("0x") or len(text) != 42
+            or not _HEX_DIGITS.issuperset(text[2:])):
         raise ValueError(f"{text!r} is not an address (0x and 40 hex digits)")
-    try:
-        return bytes.fromhex(text[2:])
-    except ValueError:
-        raise ValueError(f"{text!r} is not an address (0x and 40 hex digits)") from None
+    return bytes.fromhex(text[2:])
 
 
 def _hex32(v: str) -> None:

@@ -44,6 +44,11 @@ _SCHEMA = 1
 _TEXT_MAX = 200
 
 
+def _is_schema(value: object) -> bool:
+    """``value`` is the schema version itself (``true`` equals 1 in Python, not on the wire)."""
+    return type(value) is int and value == _SCHEMA
+
+
 class RegistryError(SenkenError):
     """A registry record that is refused; ``reason`` is a stable code (module docstring)."""
 
@@ -79,7 +84,7 @@ class DeviceRecord:
             value = getattr(self, name)
             if not isinstance(value, bytes) or len(value) != 32:
                 raise ValueError(f"{name} must be 32 bytes")
-        if self.kind not in SENSOR_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in SENSOR_KINDS:
             raise ValueError(f"unknown sensor kind {self.kind!r}")
         for name in ("version", "enrolled_at_ms"):
             value = getattr(self, name)
@@ -108,7 +113,7 @@ class DeviceRecord:
         except EncodingError as exc:
             raise RegistryError("malformed", f"registry record: not canonical CBOR ({exc})") \
                 from None
-        if not isinstance(value, dict) or value.get("schema") != _SCHEMA:
+        if not isinstance(value, dict) or not _is_schema(value.get("schema")):
             raise RegistryError("malformed", "registry record: not a schema-1 map")
         names = {f.name for f in fields(cls)}
         given = set(value) - {"schema"}
@@ -147,7 +152,7 @@ class SignedDeviceRecord:
             raise RegistryError("malformed", f"signed record: not canonical CBOR ({exc})") \
                 from None
         if (not isinstance(value, dict) or set(value) != {"v", "record", "signature"}
-                or value["v"] != _SCHEMA or not isinstance(value["record"], bytes)
+                or not _is_schema(value["v"]) or not isinstance(value["record"], bytes)
                 or not isinstance(value["signature"], bytes) or len(value["signature"]) != 64):
             raise RegistryError("malformed", "signed record: expected {v: 1, record: bytes, "
                                 "signature: 64 bytes}")

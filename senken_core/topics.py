@@ -44,6 +44,7 @@ STATUS_QOS: Final = 1
 HEARTBEAT_QOS: Final = 0
 _LEAVES = frozenset({"readings", "status", "heartbeat"})
 _VALIDATOR_LEAVES = frozenset({"agreement", "certificates", "status"})
+_LOWER_HEX = frozenset("0123456789abcdef")
 
 
 def device_topic(device: str, leaf: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -104,9 +105,6 @@ def parse_validator_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[byt
     if len(parts) != 2 or parts[1] not in _VALIDATOR_LEAVES:
         return None
     text = parts[0]
-    if len(text) != 42 or not text.startswith("0x") or text != text.lower():
-        return None
-    try:
-        return bytes.fromhex(text[2:]), parts[1]
-    except ValueError:
-        return None
+    if len(text) != 42 or not text.startswith("0x") or not _LOWER_HEX.issuperset(text[2:]):
+        return None  # (bytes.fromhex alone would skip whitespace)
+    return bytes.fromhex(text[2:]), parts[1]
