@@ -1,6 +1,14 @@
-"""validator: verifies every reading on its own and attests per device and window (issue 3).
+"""validator: verifies every reading on its own, agrees with its peers on one attestation per
+device and window, and signs it (issue 3; docs/validator.md, docs/protocol.md sections 6-7).
 
-Built so far, pure logic: :mod:`validator.verify` (the checks on one signed reading, with
-reason codes) and :mod:`validator.window` (windows to attestations). Next: the quorum protocol
-that makes validators agree on each window's readings, and the runner around them.
+Pure logic: :mod:`validator.verify` (the checks on one signed reading, with reason codes),
+:mod:`validator.agreement` (the agreement messages and rules), :mod:`validator.node` (the whole
+validator as a state machine: messages and a clock in, messages out), :mod:`validator.window`
+(one validator's own view of windows). I/O: :mod:`validator.app` (the aiomqtt runner),
+:mod:`validator.metrics` (Prometheus and health), :mod:`validator.cli`.
 """
+
+from validator.node import NodeStats, Outbound, ValidatorNode
+from validator.verify import ReadingVerifier, Reason, Verdict
+
+__all__ = ["NodeStats", "Outbound", "ReadingVerifier", "Reason", "ValidatorNode", "Verdict"]
