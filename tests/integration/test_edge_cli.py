@@ -72,7 +72,10 @@ def test_doctor_passes_over_tls_and_the_agent_publishes_over_tls(
     status = senken("edge", "status", "--config", str(config))
     assert status.returncode == 0
     assert f"running, pid {agent.proc.pid}" in status.stdout  # type: ignore[union-attr]
-    assert "broker:       connected" in status.stdout
+    # the status file is rewritten each heartbeat: wait for one written while connected
+    wait_until(lambda: "broker:       connected" in senken("edge", "status", "--config",
+                                                          str(config)).stdout,
+               10, "the agent's status to show the broker connected")
     agent.stop()
     stopped = senken("edge", "status", "--config", str(config), "--json")
     assert json.loads(stopped.stdout)["running"] is False
