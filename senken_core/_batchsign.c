@@ -7,7 +7,10 @@
 
    Why: a Python thread that signs one reading per call gives up the GIL for every signature and
    then waits to get it back while the serial thread parses; on two cores the two threads then
-   run one after the other. One call per batch releases the GIL once for the whole batch. */
+   run one after the other. One call per batch releases the GIL once for the whole batch.
+
+   The validator's side: decode_reading (Reading.from_canonical's fast path) and verify_detached
+   (one reading's signature check, bound by validator.verify to the same libsodium). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -386,7 +389,261 @@ static PyObject *parse_frames(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---- reading bodies: the fast path of senken_core.reading.Reading.from_canonical ----
+   decode_reading(body) -> (device, seq, ts_ms, kind, frame_counter, device_ms, pairs,
+                            model_sha256, anomaly_ppm, scored_since_seq) or None.
+   A tuple only for the canonical encoding (RFC 8949 4.2.1) of a map with exactly the reading
+   fields, every one valid as Reading.from_canonical checks it; pairs are (channel, value) in
+   the body's (canonical) order. Anything else gets None, and Python decodes it (and names the
+   error). Strict by construction: every head in its shortest form, keys in canonical order,
+   nothing after the map. */
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t i, n;
+} cursor;
+
+static int lit(cursor *c, const char *s, Py_ssize_t len) {
+    if (c->n - c->i < len || memcmp(c->p + c->i, s, (size_t)len) != 0) return 0;
+    c->i += len;
+    return 1;
+}
+
+/* The head of major type `major` at the cursor, in its shortest form: its argument. */
+static int cbor_head(cursor *c, int major, unsigned long long *arg) {
+    if (c->i >= c->n || c->p[c->i] >> 5 != major) return 0;
+    unsigned info = c->p[c->i++] & 0x1F;
+    int bytes;
+    unsigned long long minimum;
+    if (info < 24) {
+        *arg = info;
+        return 1;
+    }
+    switch (info) {
+    case 24: bytes = 1; minimum = 24; break;
+    case 25: bytes = 2; minimum = 0x100; break;
+    case 26: bytes = 4; minimum = 0x10000; break;
+    case 27: bytes = 8; minimum = 0x100000000ULL; break;
+    default: return 0;
+    }
+    if (c->n - c->i < bytes) return 0;
+    unsigned long long v = 0;
+    for (int k = 0; k < bytes; k++) v = (v << 8) | c->p[c->i++];
+    if (v < minimum) return 0;
+    *arg = v;
+    return 1;
+}
+
+/* A non-negative 63-bit integer field. */
+static int cbor_u63(cursor *c, unsigned long long *v) {
+    return cbor_head(c, 0, v) && *v < 0x8000000000000000ULL;
+}
+
+/* A text string of at most max_len bytes: its start and length (not yet decoded). */
+static int cbor_text(cursor *c, Py_ssize_t max_len, Py_ssize_t *start, Py_ssize_t *len) {
+    unsigned long long n;
+    if (!cbor_head(c, 3, &n) || n > (unsigned long long)(c->n - c->i) ||
+        n > (unsigned long long)max_len)
+        return 0;
+    *start = c->i;
+    *len = (Py_ssize_t)n;
+    c->i += (Py_ssize_t)n;
+    return 1;
+}
+
+/* UTF-8 text as a str; NULL without an error set when it is not valid UTF-8. */
+static PyObject *utf8(const unsigned char *p, Py_ssize_t n) {
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+    return s;
+}
+
+/* DEVICE_ID_PATTERN: [a-z0-9][a-z0-9-]{2,62} */
+static int device_id(const unsigned char *p, Py_ssize_t n) {
+    if (n < 3 || n > 63) return 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char ch = p[k];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || (ch == '-' && k > 0)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Keys of the reading map in canonical order, each with its head. */
+#define K_HEAD "\xab\x61v\x01\x63seq" /* map of 11, "v": 1, "seq" */
+#define K_KIND "\x64kind"
+#define K_TS "\x65ts_ms"
+#define K_DEVICE "\x66" "device"
+#define K_VALUES "\x66values"
+#define K_DEVICE_MS "\x69" "device_ms"
+#define K_ANOMALY "\x6b" "anomaly_ppm"
+#define K_MODEL "\x6cmodel_sha256\x58\x20" /* and the head of 32 bytes */
+#define K_FRAME_COUNTER "\x6d" "frame_counter"
+#define K_SCORED_SINCE "\x70scored_since_seq"
+#define LIT(c, s) lit(c, s, (Py_ssize_t)sizeof(s) - 1)
+
+/* The pairs of the values map, or NULL (no error set: not a canonical values map). */
+static PyObject *decode_values(cursor *c) {
+    unsigned long long count;
+    if (!cbor_head(c, 5, &count) || count > (unsigned long long)(c->n - c->i) / 2) return NULL;
+    PyObject *pairs = PyTuple_New((Py_ssize_t)count);
+    if (pairs == NULL) return NULL;
+    const unsigned char *prev = NULL;
+    Py_ssize_t prev_len = 0;
+    for (Py_ssize_t k = 0; k < (Py_ssize_t)count; k++) {
+        Py_ssize_t key_start = c->i, start, len;
+        if (!cbor_text(c, PY_SSIZE_T_MAX, &start, &len)) goto fail;
+        Py_ssize_t key_len = c->i - key_start;
+        if (prev != NULL) {  /* keys strictly increasing, bytewise over their encodings */
+            Py_ssize_t common = key_len < prev_len ? key_len : prev_len;
+            int cmp = memcmp(c->p + key_start, prev, (size_t)common);
+            if (cmp < 0 || (cmp == 0 && key_len <= prev_len)) goto fail;
+        }
+        prev = c->p + key_start;
+        prev_len = key_len;
+        if (c->i >= c->n) goto fail;
+        int major = c->p[c->i] >> 5;
+        unsigned long long arg;
+        if (major > 1 || !cbor_head(c, major, &arg)) goto fail;
+        PyObject *name = utf8(c->p + start, len);
+        if (name == NULL) goto fail;
+        PyObject *value;
+        if (major == 0) {
+            value = PyLong_FromUnsignedLongLong(arg);
+        } else if (arg < 0x8000000000000000ULL) {
+            value = PyLong_FromLongLong(-1 - (long long)arg);
+        } else {  /* -1 - arg below -2**63: ~arg in Python */
+            PyObject *a = PyLong_FromUnsignedLongLong(arg);
+            value = a == NULL ? NULL : PyNumber_Invert(a);
+            Py_XDECREF(a);
+        }
+        PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_XDECREF(value);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        PyTuple_SET_ITEM(pairs, k, pair);
+    }
+    return pairs;
+fail:
+    Py_DECREF(pairs);
+    return NULL;
+}
+
+static PyObject *decode_reading(PyObject *self, PyObject *arg) {
+    if (!PyBytes_CheckExact(arg)) Py_RETURN_NONE;
+    cursor cur = {(const unsigned char *)PyBytes_AS_STRING(arg), 0, PyBytes_GET_SIZE(arg)};
+    cursor *c = &cur;
+    unsigned long long seq, ts_ms, device_ms, ppm, counter, since;
+    Py_ssize_t kind_start, kind_len, dev_start, dev_len, model_start;
+    if (!LIT(c, K_HEAD) || !cbor_u63(c, &seq) || !LIT(c, K_KIND) ||
+        !cbor_text(c, PY_SSIZE_T_MAX, &kind_start, &kind_len) || !LIT(c, K_TS) ||
+        !cbor_u63(c, &ts_ms) || !LIT(c, K_DEVICE) || !cbor_text(c, 63, &dev_start, &dev_len) ||
+        !device_id(c->p + dev_start, dev_len) || !LIT(c, K_VALUES))
+        Py_RETURN_NONE;
+    PyObject *pairs = decode_values(c);
+    if (pairs == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    int ok = LIT(c, K_DEVICE_MS) && cbor_u63(c, &device_ms) && LIT(c, K_ANOMALY) &&
+             cbor_u63(c, &ppm) && ppm <= 1000000 && LIT(c, K_MODEL) && c->n - c->i >= 32;
+    model_start = c->i;
+    c->i += 32;
+    ok = ok && LIT(c, K_FRAME_COUNTER) && cbor_u63(c, &counter) && LIT(c, K_SCORED_SINCE) &&
+         cbor_u63(c, &since) && since <= seq && c->i == c->n;
+    if (!ok) {
+        Py_DECREF(pairs);
+        Py_RETURN_NONE;
+    }
+    PyObject *kind = utf8(c->p + kind_start, kind_len);
+    if (kind == NULL) {
+        Py_DECREF(pairs);
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    /* the device id is ASCII (checked above) */
+    return Py_BuildValue("(NKKNKKNNKK)",
+                         PyUnicode_FromStringAndSize((const char *)c->p + dev_start, dev_len),
+                         seq, ts_ms, kind, counter, device_ms, pairs,
+                         PyBytes_FromStringAndSize((const char *)c->p + model_start, 32), ppm,
+                         since);
+}
+
+/* ---- verify one reading's signature: the validator's hot path ----
+   verify_detached(tag, public_key, body, signature) -> SHA-256(body) if signature is
+   public_key's Ed25519 signature over tag || SHA-256(body), else None. The same check as
+   PyNaCl's VerifyKey.verify (crypto_sign_open verifies with crypto_sign_verify_detached), minus
+   its copies; the digest is the body's, which the verifier keeps. Releases the GIL. */
+
+typedef int (*verify_fn)(const unsigned char *sig, const unsigned char *m,
+                         unsigned long long mlen, const unsigned char *pk);
+
+static verify_fn p_verify = NULL;
+static sha256_fn p_verify_sha256 = NULL;
+
+static PyObject *bind_verify(PyObject *self, PyObject *args) {
+    unsigned long long verify_addr, sha_addr;
+    if (!PyArg_ParseTuple(args, "KK", &verify_addr, &sha_addr)) return NULL;
+    if (verify_addr == 0 || sha_addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "null function address");
+        return NULL;
+    }
+    p_verify = (verify_fn)(uintptr_t)verify_addr;
+    p_verify_sha256 = (sha256_fn)(uintptr_t)sha_addr;
+    Py_RETURN_NONE;
+}
+
+#define PK_BYTES 32
+
+static PyObject *verify_detached(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (p_verify == NULL || p_verify_sha256 == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_verify() has not been called");
+        return NULL;
+    }
+    if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        !PyBytes_CheckExact(args[2]) || !PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "verify_detached(tag, public_key, body, signature): bytes");
+        return NULL;
+    }
+    Py_ssize_t tag_len = PyBytes_GET_SIZE(args[0]);
+    if (tag_len > MAX_TAG || PyBytes_GET_SIZE(args[1]) != PK_BYTES ||
+        PyBytes_GET_SIZE(args[3]) != SIG_BYTES) {
+        PyErr_SetString(PyExc_ValueError,
+                        "tag longer than 64 bytes, public key not 32 or signature not 64 bytes");
+        return NULL;
+    }
+    unsigned char msg[MAX_TAG + DIGEST_BYTES];
+    const unsigned char *pk = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    const unsigned char *body = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    const unsigned char *sig = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    unsigned long long body_len = (unsigned long long)PyBytes_GET_SIZE(args[2]);
+    int hashed, valid = 0;
+    memcpy(msg, PyBytes_AS_STRING(args[0]), (size_t)tag_len);
+    /* bytes are immutable and the arguments are held by the caller: safe without the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    hashed = p_verify_sha256(msg + tag_len, body, body_len) == 0;
+    if (hashed)
+        valid = p_verify(sig, msg, (unsigned long long)tag_len + DIGEST_BYTES, pk) == 0;
+    Py_END_ALLOW_THREADS
+    if (!hashed) {
+        PyErr_SetString(PyExc_RuntimeError, "libsodium failed to hash");
+        return NULL;
+    }
+    if (!valid) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)msg + tag_len, DIGEST_BYTES);
+}
+
 static PyMethodDef methods[] = {
+    {"bind_verify", bind_verify, METH_VARARGS,
+     "bind_verify(verify_addr, sha256_addr): crypto_sign_verify_detached, crypto_hash_sha256."},
+    {"verify_detached", (PyCFunction)(void (*)(void))verify_detached, METH_FASTCALL,
+     "verify_detached(tag, public_key, body, signature) -> sha256(body) if valid, else None"},
+    {"decode_reading", decode_reading, METH_O,
+     "decode_reading(body) -> the fields of a canonical reading body, or None"},
     {"parse_frames", parse_frames, METH_VARARGS,
      "parse_frames(lines, kinds, Frame) -> [Frame or None, ...]"},
     {"encode_many", encode_many, METH_VARARGS,
@@ -399,7 +656,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_batchsign",
-                                    "Batch Ed25519 signing without the GIL; batch canonical encoding.", -1, methods,
+                                    "Batch Ed25519 signing without the GIL; batch canonical encoding; reading fast paths.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__batchsign(void) { return PyModule_Create(&module); }

@@ -21,13 +21,22 @@ from dataclasses import dataclass
 from senken_core import canonical
 from senken_core.errors import EncodingError, PayloadError
 from senken_core.keys import READING_TAG, DeviceKey, verify_signature
-from senken_core.sensors import SENSOR_KINDS
+from senken_core.sensors import SENSOR_KINDS, SensorKind
+
+# The fields of a reading in Reading's order, values as (channel, value) pairs in the body's
+# (canonical) order: what the fast decoders of a body give.
+_Fields = tuple[str, int, int, str, int, int, tuple[tuple[str, int], ...], bytes, int, int]
 
 _ENCODE_MANY: Callable[[Sequence[bytes], array[int], int], list[bytes]] | None
+_DECODE_READING: Callable[[bytes], _Fields | None] | None
 try:  # the optional C extension (setup.py); without it, encode_many loops over encode
-    from senken_core._batchsign import encode_many as _ENCODE_MANY
+    from senken_core import _batchsign
 except ImportError:
-    _ENCODE_MANY = None
+    _ENCODE_MANY = _DECODE_READING = None
+else:
+    _ENCODE_MANY = _batchsign.encode_many
+    # and from_canonical's fast path runs in Python (an extension built before it had none)
+    _DECODE_READING = getattr(_batchsign, "decode_reading", None)
 
 __all__ = [
     "DEVICE_ID_PATTERN",
@@ -102,6 +111,163 @@ def _value_order(names: tuple[str, ...]) -> tuple[tuple[bytes, str], ...]:
     return order
 
 
+# --- the fast path of Reading.from_canonical -------------------------------------------------
+# A body is the canonical encoding of the reading map, whose keys always come in the order
+# above: the decoders below read that one layout and check every field as from_canonical does.
+# They are strict by construction (shortest heads only, channel keys in canonical order, nothing
+# after the map) and give up (None) on anything else, which then takes the generic path: the
+# same result or the same error either way (property-tested against the generic decoder).
+_FAST_HEAD = _READING_PREFIX + _int(READING_SCHEMA) + _K_SEQ
+_K_MODEL_32 = _K_MODEL + canonical.encode_head(2, 32)
+_NOT_HERE = (-1, 0)
+_from_bytes = int.from_bytes
+_device_match = DEVICE_ID_PATTERN.match
+
+
+def _arg_at(b: bytes, p: int, info: int) -> tuple[int, int]:
+    """The argument of a head with ``info`` (> 23) at ``p``, and where it ends; _NOT_HERE for
+    a non-shortest or reserved form. Past the end of ``b`` the end is beyond ``len(b)``."""
+    if info == 24:
+        v, q = b[p + 1], p + 2
+        return (v, q) if v >= 24 else _NOT_HERE
+    if info == 25:
+        v, q = _from_bytes(b[p + 1 : p + 3]), p + 3
+        return (v, q) if v >= 0x100 else _NOT_HERE
+    if info == 26:
+        v, q = _from_bytes(b[p + 1 : p + 5]), p + 5
+        return (v, q) if v >= 0x10000 else _NOT_HERE
+    if info == 27:
+        v, q = _from_bytes(b[p + 1 : p + 9]), p + 9
+        return (v, q) if v >= 0x100000000 else _NOT_HERE
+    return _NOT_HERE
+
+
+def _u63_at(b: bytes, p: int) -> tuple[int, int]:
+    """The non-negative 63-bit integer at ``p`` (value -1: none there)."""
+    h = b[p]
+    if h < 24:
+        return h, p + 1
+    if h < 0x20:
+        v, q = _arg_at(b, p, h)
+        return (v, q) if v < _U63 else _NOT_HERE
+    return _NOT_HERE
+
+
+def _text_at(b: bytes, p: int) -> tuple[str | None, int]:
+    h = b[p]
+    if 0x60 <= h < 0x78:
+        q = p + 1 + h - 0x60
+        return b[p + 1 : q].decode(), q
+    if 0x78 <= h < 0x7C:
+        n, q = _arg_at(b, p, h - 0x60)
+        if q:
+            return b[q : q + n].decode(), q + n
+    return None, 0
+
+
+def _values_at(b: bytes, p: int) -> tuple[tuple[tuple[str, int], ...] | None, int]:
+    """The values map at ``p``: its pairs in body order, and where it ends."""
+    h = b[p]
+    if 0xA0 <= h < 0xB8:
+        n, p = h - 0xA0, p + 1
+    else:
+        n, p = _arg_at(b, p, h - 0xA0) if 0xB8 <= h < 0xBC else _NOT_HERE
+        if not p:
+            return None, 0
+    pairs: list[tuple[str, int]] = []
+    previous = b""
+    for _ in range(n):
+        name, q = _text_at(b, p)
+        if name is None or b[p:q] <= previous:
+            return None, 0
+        previous = b[p:q]
+        h = b[q]
+        if h < 24:
+            v, p = h, q + 1
+        elif h < 0x20:
+            v, p = _arg_at(b, q, h)
+        elif h < 0x38:
+            v, p = -1 - (h - 0x20), q + 1
+        elif h < 0x40:
+            v, p = _arg_at(b, q, h - 0x20)
+            v = -1 - v
+        else:
+            return None, 0
+        if not p:
+            return None, 0
+        pairs.append((name, v))
+    return tuple(pairs), p
+
+
+def _decode_fields(body: bytes) -> _Fields | None:
+    """The Python twin of the extension's ``decode_reading`` (same result, property-tested)."""
+    b = body
+    if type(b) is not bytes or not b.startswith(_FAST_HEAD):
+        return None
+    try:
+        seq, p = _u63_at(b, len(_FAST_HEAD))
+        if not p or not b.startswith(_K_KIND, p):
+            return None
+        kind, p = _text_at(b, p + len(_K_KIND))
+        if kind is None or not b.startswith(_K_TS, p):
+            return None
+        ts_ms, p = _u63_at(b, p + len(_K_TS))
+        if not p or not b.startswith(_K_DEVICE, p):
+            return None
+        device, p = _text_at(b, p + len(_K_DEVICE))
+        if device is None or not _device_match(device) or not b.startswith(_K_VALUES, p):
+            return None
+        pairs, p = _values_at(b, p + len(_K_VALUES))
+        if pairs is None or not b.startswith(_K_DEVICE_MS, p):
+            return None
+        device_ms, p = _u63_at(b, p + len(_K_DEVICE_MS))
+        if not p or not b.startswith(_K_ANOMALY, p):
+            return None
+        ppm, p = _u63_at(b, p + len(_K_ANOMALY))
+        if not p or ppm > 1_000_000 or not b.startswith(_K_MODEL_32, p):
+            return None
+        p += len(_K_MODEL_32)
+        model, p = b[p : p + 32], p + 32
+        if not b.startswith(_K_FRAME_COUNTER, p):
+            return None
+        counter, p = _u63_at(b, p + len(_K_FRAME_COUNTER))
+        if not p or not b.startswith(_K_SCORED_SINCE, p):
+            return None
+        since, p = _u63_at(b, p + len(_K_SCORED_SINCE))
+        if not p or since > seq or p != len(b):
+            return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return device, seq, ts_ms, kind, counter, device_ms, pairs, model, ppm, since
+
+
+# kind name -> (the kind, its channel names in canonical order, the kind's order as indexes)
+_KIND_ORDER: dict[str, tuple[SensorKind, tuple[str, ...], tuple[int, ...]]] = {}
+
+
+def _in_kind_order(kind_name: str, pairs: tuple[tuple[str, int], ...]
+                   ) -> tuple[tuple[str, int], ...]:
+    """``pairs`` (canonical order) in their kind's channel order if they are exactly its
+    channels, else as they are: what from_canonical's generic path does."""
+    kind = SENSOR_KINDS.get(kind_name)
+    if kind is None:
+        return pairs
+    cached = _KIND_ORDER.get(kind_name)
+    if cached is None or cached[0] is not kind:
+        names = kind.channel_names
+        canonical_names = tuple(name for _, name in sorted((canonical.encode(n), n)
+                                                           for n in set(names)))
+        cached = (kind, canonical_names, tuple(canonical_names.index(n) for n in names))
+        _KIND_ORDER[kind_name] = cached
+    _, canonical_names, order = cached
+    # the body's channel names are distinct and in canonical order: the same set as the
+    # kind's exactly when they are the kind's names in canonical order
+    if len(pairs) != len(canonical_names) or \
+            tuple([name for name, _ in pairs]) != canonical_names:
+        return pairs
+    return tuple([pairs[i] for i in order])
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One sensor reading as the device signs it.
@@ -133,11 +299,26 @@ class Reading:
 
     @classmethod
     def from_canonical(cls, body: bytes) -> Reading:
-        """Decode and check a body; raises :class:`EncodingError` naming the bad field."""
+        """Decode and check a body; raises :class:`EncodingError` naming the bad field.
+
+        Bodies as the encoder makes them take a fast path (natively where the extension is
+        built); the rest, and every error, the generic canonical decoder: same results."""
+        if cls is not Reading:
+            return cls._from_canonical_generic(body)
+        fields = _DECODE_READING(body) if _DECODE_READING is not None else _decode_fields(body)
+        if fields is not None:
+            device, seq, ts_ms, kind, counter, device_ms, pairs, model, ppm, since = fields
+            return cls(device, seq, ts_ms, kind, counter, device_ms,
+                       _in_kind_order(kind, pairs), model, ppm, since)
+        return cls._from_canonical_generic(body)
+
+    @classmethod
+    def _from_canonical_generic(cls, body: bytes) -> Reading:
+        """from_canonical through the generic canonical decoder (the reference)."""
         obj = canonical.decode(body)
         if not isinstance(obj, dict) or set(obj) != _FIELDS:
             raise EncodingError("reading body is not a map with exactly the reading fields")
-        if obj["v"] != READING_SCHEMA:
+        if isinstance(obj["v"], bool) or obj["v"] != READING_SCHEMA:
             raise EncodingError(f"unknown reading schema {obj['v']!r}")
         device, raw_values, model, kind_name = (
             obj["device"],
@@ -303,11 +484,67 @@ def encode_batch(readings: Sequence[SignedReading]) -> bytes:
     return b"".join(parts)
 
 
+_SIGNATURE_HEAD = canonical.encode_head(2, 64)
+
+
+def _split_batch(payload: bytes) -> list[SignedReading] | None:
+    """decode_batch's fast path: the readings of a payload as :func:`encode_batch` makes it
+    (bodies under 64 KiB), else None (the generic decoder then gives the result or the error).
+    Strict: shortest heads only, nothing after the array."""
+    b = payload
+    if type(b) is not bytes or not b.startswith(_BATCH_PREFIX):
+        return None
+    p = len(_BATCH_PREFIX)
+    out: list[SignedReading] = []
+    try:
+        h = b[p]
+        if 0x81 <= h < 0x98:
+            n, p = h - 0x80, p + 1
+        elif h == 0x98:
+            n, p = b[p + 1], p + 2
+            if n < 24:
+                return None
+        elif h == 0x99:
+            n, p = _from_bytes(b[p + 1 : p + 3]), p + 3
+            if not 0x100 <= n <= MAX_BATCH_READINGS:
+                return None
+        else:
+            return None
+        for _ in range(n):
+            h = b[p + 1]
+            if b[p] != 0x82:
+                return None
+            if 0x40 <= h < 0x58:
+                end = p + 2 + h - 0x40
+                body = b[p + 2 : end]
+            elif h == 0x58 and b[p + 2] >= 24:
+                end = p + 3 + b[p + 2]
+                body = b[p + 3 : end]
+            elif h == 0x59 and b[p + 2]:  # >= 0x100
+                end = p + 4 + ((b[p + 2] << 8) | b[p + 3])
+                body = b[p + 4 : end]
+            else:
+                return None
+            if not b.startswith(_SIGNATURE_HEAD, end):
+                return None
+            p = end + 66
+            out.append(SignedReading(body, b[end + 2 : p]))
+    except IndexError:
+        return None
+    return out if p == len(b) else None
+
+
 def decode_batch(payload: bytes) -> list[SignedReading]:
     """Split an MQTT payload into signed readings (signatures are not checked here).
 
     Raises :class:`PayloadError` with what is wrong; never anything else.
     """
+    fast = _split_batch(payload)
+    return fast if fast is not None else _decode_batch_generic(payload)
+
+
+def _decode_batch_generic(payload: bytes) -> list[SignedReading]:
+    """decode_batch through the generic canonical decoder (the reference)."""
     try:
         obj = canonical.decode(payload)
     except EncodingError as exc:

@@ -29,10 +29,12 @@ yet and is returned ``pending`` (the runner fetches the missing ones, then verif
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -43,6 +45,46 @@ from senken_core.reading import Reading
 from senken_core.sensors import SENSOR_KINDS
 
 __all__ = ["ReadingVerifier", "Reason", "RegisteredDevice", "Registry", "Scorer", "Verdict"]
+
+_BAD_SIGNATURE = "signature does not verify against the device key"  # verify_signature's
+
+
+@functools.cache
+def _native_verify() -> Callable[[bytes, bytes, bytes, bytes], bytes | None] | None:
+    """The extension's ``verify_detached`` bound to PyNaCl's libsodium (once), or None where
+    the extension is not built (or was built without it)."""
+    try:
+        from senken_core import _batchsign
+    except ImportError:
+        return None
+    if not hasattr(_batchsign, "verify_detached"):
+        return None
+    import nacl._sodium
+
+    sodium = ctypes.CDLL(nacl._sodium.__file__)
+    verify_addr, sha_addr = (ctypes.cast(getattr(sodium, name), ctypes.c_void_p).value
+                             for name in ("crypto_sign_verify_detached", "crypto_hash_sha256"))
+    if verify_addr is None or sha_addr is None:
+        return None
+    _batchsign.bind_verify(verify_addr, sha_addr)
+    return _batchsign.verify_detached
+
+
+def _signed_digest(public_key: bytes, body: bytes, signature: bytes) -> bytes:
+    """SHA-256 of ``body`` once ``signature`` is ``public_key``'s over it, else
+    :class:`SignatureError`: ``verify_signature`` (then hashlib), natively where it can."""
+    native = _native_verify()
+    if (native is not None and type(public_key) is bytes and len(public_key) == 32
+            and type(signature) is bytes and len(signature) == 64 and type(body) is bytes):
+        digest = native(READING_TAG, public_key, body, signature)
+        if digest is None:
+            raise SignatureError(_BAD_SIGNATURE)
+        return digest
+    verify_signature(public_key, READING_TAG, body, signature)
+    return hashlib.sha256(body).digest()
+
+
+_CHANNELS = {name: kind.channel_names for name, kind in SENSOR_KINDS.items()}
 
 
 class Reason(StrEnum):
@@ -136,6 +178,96 @@ class ReadingVerifier:
     def verify(self, topic_device: str, body: bytes, signature: bytes) -> Verdict:
         """Check one signed reading received on ``topic_device``'s topic. Never raises for
         bad input: the verdict says what is wrong."""
+        admitted = self._admit(topic_device, body, signature)
+        if isinstance(admitted, Verdict):
+            return admitted
+        reading, state, digest = admitted
+        if reading.seq <= state.highest_seq - self.history:
+            return self._replayed(reading)
+        # The model state follows every reading the device signed, in order, whatever else
+        # is wrong with it: replay the score before the remaining checks.
+        if self.scorer_for is None:
+            self._remember(state, reading.seq, digest)
+            return self._after_score(reading, state)
+        pending = self._ready_to_score(reading, state)
+        if pending is not None:
+            return pending
+        assert state.scorer is not None
+        ppm = state.scorer.score([[v for _, v in reading.values]])[0]
+        state.next_to_score = reading.seq + 1
+        self._remember(state, reading.seq, digest)
+        return self._scored(reading, state, ppm)
+
+    def verify_batch(self, topic_device: str, items: Sequence[tuple[bytes, bytes]]
+                     ) -> list[Verdict]:
+        """``[verify(topic_device, body, signature) for body, signature in items]``: the same
+        verdicts, in order, and the same state after, but the model re-scores each run of
+        consecutive readings in one call (what makes re-scoring cheap).
+
+        How: a reading next in line to be scored is remembered and its row queued; its checks
+        after the score (mismatch, timestamps, plausibility, acceptance) wait until the queue
+        is scored. The queue is scored before anything that would see its outcome: the end of
+        ``items``, a reading whose replay check depends on the queued ones' acceptance, a new
+        ``scored_since_seq`` (a fresh scorer), or a reading the batch path leaves to
+        :meth:`verify`'s own order (an unknown kind, a channel count not the kind's). The
+        clock is read once per reading that gets to the timestamp checks, as in verify (for
+        a queued one, when the queue is scored). Exceptions are verify's (e.g. scorer_for
+        of an unknown kind), raised with the state verify would leave and the batch's
+        verdicts lost; a scorer raising on a queued run (ReadingScorer does not: it only
+        refuses rows of another channel count, which are never queued) leaves the queued
+        readings remembered but unsettled."""
+        if self.scorer_for is None:
+            return [self.verify(topic_device, body, signature) for body, signature in items]
+        verdicts: list[Verdict | None] = [None] * len(items)
+        queue: list[tuple[int, Reading]] = []  # (index in items, reading): scored, in order
+        queued_state: _DeviceState | None = None  # one device per topic: one state
+        queued_max = -1  # the highest seq queued
+
+        def flush() -> None:
+            assert queued_state is not None and queued_state.scorer is not None
+            ppms = queued_state.scorer.score([[v for _, v in r.values] for _, r in queue])
+            for (i, r), ppm in zip(queue, ppms, strict=True):
+                verdicts[i] = self._scored(r, queued_state, ppm)
+            queue.clear()
+
+        for i, (body, signature) in enumerate(items):
+            admitted = self._admit(topic_device, body, signature)
+            if isinstance(admitted, Verdict):
+                verdicts[i] = admitted
+                continue
+            reading, state, digest = admitted
+            if queue and (state is not queued_state or  # (never: one topic, one device)
+                          reading.seq <= queued_max - self.history or
+                          reading.scored_since_seq != state.scored_since):
+                flush()  # the verdict below may depend on the queue's outcome: settle it
+            if reading.seq <= state.highest_seq - self.history:
+                verdicts[i] = self._replayed(reading)
+                continue
+            pending = self._ready_to_score(reading, state)
+            if pending is not None:
+                verdicts[i] = pending
+                continue
+            kind = SENSOR_KINDS.get(reading.kind)
+            if kind is None or len(kind.channels) != len(reading.values):
+                if queue:
+                    flush()
+                verdicts[i] = self.verify(topic_device, body, signature)  # (it may raise)
+                continue
+            state.next_to_score = reading.seq + 1
+            self._remember(state, reading.seq, digest)
+            queue.append((i, reading))
+            queued_state = state
+            queued_max = reading.seq if len(queue) == 1 else max(queued_max, reading.seq)
+        if queue:
+            flush()
+        done = [v for v in verdicts if v is not None]
+        assert len(done) == len(items)
+        return done
+
+    def _admit(self, topic_device: str, body: bytes, signature: bytes
+               ) -> Verdict | tuple[Reading, _DeviceState, bytes]:
+        """The checks up to the sequence number's: a verdict, or the reading, its device's
+        state and the body's digest to go on with."""
         try:
             reading = Reading.from_canonical(body)
         except (EncodingError, ValueError, TypeError) as exc:
@@ -149,35 +281,46 @@ class ReadingVerifier:
         if entry.revoked:
             return self._reject(reading, Reason.REVOKED_DEVICE, "revoked in the registry")
         try:
-            verify_signature(entry.public_key, READING_TAG, body, signature)
+            digest = _signed_digest(entry.public_key, body, signature)
         except SignatureError as exc:
             return self._reject(reading, Reason.BAD_SIGNATURE, str(exc))
         if reading.kind != entry.kind:
             return self._reject(reading, Reason.WRONG_KIND,
                                 f"registered {entry.kind}, reading says {reading.kind}")
+        channels = _CHANNELS.get(entry.kind, ())
+        if tuple(name for name, _ in reading.values) != channels:
+            # a validly signed body whose channels are not its kind's (a device key holder
+            # could send one): refused here, before the model or the range checks see it
+            return self._reject(reading, Reason.MALFORMED,
+                                f"channels {[n for n, _ in reading.values]} are not "
+                                f"{entry.kind}'s {list(channels)}")
         if reading.model_sha256 != entry.model_sha256:
             return self._reject(reading, Reason.WRONG_MODEL,
                                 f"model {reading.model_sha256.hex()[:16]}... is not the "
                                 "project's")
-        state = self._devices.setdefault(reading.device, _DeviceState())
-        digest = hashlib.sha256(body).digest()
+        state = self._devices.get(reading.device)
+        if state is None:
+            state = self._devices[reading.device] = _DeviceState()
         seen = state.seen.get(reading.seq)
         if seen is not None:
             if seen == digest:
                 return Verdict("duplicate", reading)
             return self._reject(reading, Reason.SEQ_REUSED,
                                 f"seq {reading.seq} was signed before with another body")
-        if reading.seq <= state.highest_seq - self.history:
-            return self._reject(reading, Reason.REPLAYED,
-                                f"seq {reading.seq} is older than the last {self.history}")
-        # The model state follows every reading the device signed, in order, whatever else
-        # is wrong with it: replay the score before the remaining checks.
-        scored = self._check_score(reading, state) if self.scorer_for is not None else None
-        if scored is not None and scored.status == "pending":
-            return scored
-        self._remember(state, reading.seq, digest)
-        if scored is not None:  # the model gives another score
-            return scored
+        return reading, state, digest
+
+    def _replayed(self, reading: Reading) -> Verdict:
+        return self._reject(reading, Reason.REPLAYED,
+                            f"seq {reading.seq} is older than the last {self.history}")
+
+    def _scored(self, reading: Reading, state: _DeviceState, ppm: int) -> Verdict:
+        """The checks after re-scoring gave ``ppm`` (the reading is remembered)."""
+        if ppm != reading.anomaly_ppm:  # the model gives another score
+            return self._reject(reading, Reason.SCORE_MISMATCH,
+                                f"signed {reading.anomaly_ppm} ppm, the model gives {ppm}")
+        return self._after_score(reading, state)
+
+    def _after_score(self, reading: Reading, state: _DeviceState) -> Verdict:
         now_ms = int(self.clock() * 1000)
         if reading.ts_ms < now_ms - self.max_age_ms:
             return self._reject(reading, Reason.STALE, f"read {now_ms - reading.ts_ms} ms ago")
@@ -218,7 +361,9 @@ class ReadingVerifier:
                                                        f"{before[0]}, then {value}")
         return None
 
-    def _check_score(self, reading: Reading, state: _DeviceState) -> Verdict | None:
+    def _ready_to_score(self, reading: Reading, state: _DeviceState) -> Verdict | None:
+        """None if ``reading`` is the next one to re-score (a new ``scored_since_seq`` starts
+        a fresh scorer here), else its ``pending`` verdict."""
         assert self.scorer_for is not None
         if reading.scored_since_seq != state.scored_since:
             if reading.seq != reading.scored_since_seq:
@@ -230,11 +375,6 @@ class ReadingVerifier:
         if reading.seq != state.next_to_score or state.scorer is None:
             return Verdict("pending", reading, None,
                            f"needs seq {state.next_to_score}.. to re-run the model")
-        ppm = state.scorer.score([[v for _, v in reading.values]])[0]
-        state.next_to_score = reading.seq + 1
-        if ppm != reading.anomaly_ppm:
-            return self._reject(reading, Reason.SCORE_MISMATCH,
-                                f"signed {reading.anomaly_ppm} ppm, the model gives {ppm}")
         return None
 
     def _accept(self, reading: Reading, state: _DeviceState) -> Verdict:

@@ -146,3 +146,17 @@ def test_garbage_is_malformed_never_an_exception(body: bytes, sig: bytes) -> Non
     verdict = verifier().verify("pv-7-meter-1", body, sig)
     assert verdict.status == "rejected" and verdict.reason in (Reason.MALFORMED,
                                                                 Reason.BAD_SIGNATURE)
+
+
+@pytest.mark.parametrize("values", [
+    (("energy_export_wh", 1), ("power_w", 2)),  # a channel short
+    (("energy_export_wh", 1), ("power_w", 2), ("voltage_dv", 3), ("flow_nm3_per_h", 4)),
+    (("energy_export_wh", 1), ("power_w", 2), ("ch4_ppm", 3)),  # another kind's channel
+])
+def test_a_signed_body_with_another_kinds_channels_is_malformed_not_a_crash(
+        values: tuple[tuple[str, int], ...]) -> None:
+    v = verifier(rescore=True)
+    odd = replace(stream(1)[0], values=values)
+    verdict = v.verify("pv-7-meter-1", *signed(odd))
+    assert (verdict.status, verdict.reason) == ("rejected", Reason.MALFORMED)
+    assert v.verify_batch("pv-7-meter-1", [signed(odd)])[0].reason == Reason.MALFORMED
