@@ -49,7 +49,7 @@ from validator.agreement import (
     leader,
     seal,
 )
-from validator.verify import ReadingVerifier, RegisteredDevice, Scorer
+from validator.verify import ReadingVerifier, RegisteredDevice, Scorer, Verdict
 
 __all__ = ["NodeStats", "Outbound", "ValidatorNode"]
 
@@ -260,13 +260,19 @@ class ValidatorNode:
         except PayloadError:
             self._reject_count("malformed")
             return
-        for signed in batch:
-            self._ingest(device, signed)
+        # one call for the batch: the model re-runs once over its readings, in order
+        verdicts = self.verifier.verify_batch(device, [(r.body, r.signature) for r in batch])
+        for signed, verdict in zip(batch, verdicts, strict=True):
+            self._handle(device, signed, verdict)
         self._after_readings(device, out)
 
     def _ingest(self, topic_device: str, signed: SignedReading) -> str:
         """Verify one reading; returns its verdict status."""
         verdict = self.verifier.verify(topic_device, signed.body, signed.signature)
+        return self._handle(topic_device, signed, verdict)
+
+    def _handle(self, topic_device: str, signed: SignedReading, verdict: Verdict) -> str:
+        """Act on one reading's verdict: keep, count, or wait for earlier readings."""
         stats = self.stats
         if verdict.status == "accepted":
             assert verdict.reading is not None
