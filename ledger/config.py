@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from senken_core.config import build, load_config, setting
 
@@ -60,6 +60,9 @@ class MqttConfig:
     session_expiry_s: int = setting(7 * 86400, ge=0, lt=2**32,
                                     doc="how long the broker queues certificates for us")
     keepalive_s: int = setting(30, ge=5, le=3600)
+    protocol: Literal["5", "3.1.1"] = setting(
+        "5", doc="MQTT version; 3.1.1 for a broker without MQTT 5 (amqtt): clean session off "
+                 "instead of clean start off, the broker's own session expiry")
 
     def read_password(self) -> str | None:
         if self.password_file is None:

@@ -2,7 +2,8 @@
 
 One persistent MQTT v5 session (fixed client id, clean start off, a session expiry), so the
 broker queues the validators' certificates while the ledger is down (MQTT 5.0 section 3.1.2.4,
-3.1.2.11.2). Subscriptions, QoS 1::
+3.1.2.11.2); with ``[mqtt] protocol = "3.1.1"`` (a broker without MQTT 5, such as amqtt),
+clean session off instead. Subscriptions, QoS 1::
 
     {prefix}/validators/+/certificates    CertifiedWindow.to_wire()
     {prefix}/registry/+                   SignedDeviceRecord.to_wire(), retained
@@ -99,14 +100,18 @@ class MqttIngest:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self.config
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = cfg.session_expiry_s
         tls = aiomqtt.TLSParameters(ca_certs=str(cfg.tls_ca_file)) if cfg.tls_ca_file else None
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            session: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V5,
+                                       "clean_start": False, "properties": props}
+        else:  # a persistent session the 3.1.1 way, kept for as long as the broker keeps it
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         client = aiomqtt.Client(
-            cfg.host, cfg.port, identifier=cfg.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-            username=cfg.username, password=cfg.read_password(), tls_params=tls,
-            keepalive=cfg.keepalive_s, timeout=_CONNECT_TIMEOUT_S)
+            cfg.host, cfg.port, identifier=cfg.client_id, username=cfg.username,
+            password=cfg.read_password(), tls_params=tls, keepalive=cfg.keepalive_s,
+            timeout=_CONNECT_TIMEOUT_S, **session)
         # Acknowledge after handling, not on receipt (module docstring). Set before connecting:
         # a resumed session delivers its queue right after CONNACK.
         client._client.manual_ack_set(True)

@@ -32,7 +32,9 @@ which lives in memory.
 Retained messages (the device registry): the first subscription of a process asks for them
 (the node starts empty); later resubscriptions use MQTT 5 retain handling 1 ("only for a new
 subscription", MQTT 5.0 section 3.8.3.1), since the persistent session already delivered any
-change while the link was down.
+change while the link was down. With ``[mqtt] protocol = "3.1.1"`` (a broker without MQTT 5,
+such as amqtt) the session is kept by clean session off, for as long as the broker keeps it,
+and every resubscription gets the retained records again (the node ignores those it holds).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -292,8 +294,11 @@ class ValidatorRunner:
 
     def _client(self) -> aiomqtt.Client:
         m = self.cfg.mqtt
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = m.session_expiry_s
+        v5 = m.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = m.session_expiry_s
         tls = None
         if m.tls_ca_file is not None:
             tls = aiomqtt.TLSParameters(
@@ -303,17 +308,22 @@ class ValidatorRunner:
                 cert_reqs=ssl.CERT_REQUIRED)
         return aiomqtt.Client(
             m.host, m.port, username=m.username, password=m.read_password(),
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self.status_topic, self.node.status_payload(False),
                               qos=STATUS_QOS, retain=True),
-            clean_start=False, properties=properties, keepalive=m.keepalive_s,
+            # a persistent session either way: clean start off (5), clean session off (3.1.1)
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_session=None if v5 else False, properties=properties, keepalive=m.keepalive_s,
             timeout=m.connect_timeout_s, tls_params=tls, logger=log.getChild("mqtt"))
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         retain_handling = (SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if self._subscribed_once
                            else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
-        topics = [(f, SubscribeOptions(qos=q, retainHandling=retain_handling))
-                  for f, q in self.node.subscriptions()]
+        topics: list[tuple[str, Any]] = [
+            (f, SubscribeOptions(qos=q, retainHandling=retain_handling)
+             if self.cfg.mqtt.protocol == "5" else q)  # 3.1.1: no options, QoS only
+            for f, q in self.node.subscriptions()]
         if not topics:
             return
         codes = await client.subscribe(topics)

@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from senken_core.config import build, load_config, setting
 
@@ -80,6 +80,9 @@ class MqttConfig:
     reconnect_min_s: float = setting(0.5, gt=0, le=60)
     reconnect_max_s: float = setting(30.0, gt=0, le=3600)
     connect_timeout_s: float = setting(10.0, gt=0, le=300)
+    protocol: Literal["5", "3.1.1"] = setting(
+        "5", doc="MQTT version; 3.1.1 for a broker without MQTT 5 (amqtt): the broker's own "
+                 "session expiry, and retained registry records again on every resubscription")
 
     def __post_init__(self) -> None:
         if self.password is not None and self.password.strip().lower() in _PLACEHOLDERS:
