@@ -135,6 +135,16 @@ class Network:
         return total
 
 
+def four_validators(tmp_path: Path, prefix: str) -> tuple[list[ValidatorKey], Path]:
+    """Four validator keys and a network file with k = 3 and the project."""
+    keys = [ValidatorKey.generate() for _ in range(4)]
+    return keys, write_network(tmp_path / "network.toml", [k.address for k in keys], prefix,
+                               threshold=3, projects=[{
+                                   "id": PROJECT, "owner_key": OWNER.public_key.hex(),
+                                   "grid_ef_g_per_kwh": 691, "model_sha256": _model_sha(),
+                                   "window_seconds": WINDOW_S}])
+
+
 def mosquitto_pub(port: int, topic: str, payload: bytes, retain: bool = False) -> None:
     """Publish with the Mosquitto command-line client, as an attacker or an operator would."""
     subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic,
@@ -147,12 +157,7 @@ def network(tmp_path: Path, topic_prefix: str) -> Iterator[Network]:
     broker.start()
     victoria = VictoriaMetrics(tmp_path / "victoria")
     victoria.start()
-    keys = [ValidatorKey.generate() for _ in range(4)]
-    network_file = write_network(tmp_path / "network.toml", [k.address for k in keys],
-                                 topic_prefix, threshold=3, projects=[{
-                                     "id": PROJECT, "owner_key": OWNER.public_key.hex(),
-                                     "grid_ef_g_per_kwh": 691, "model_sha256": _model_sha(),
-                                     "window_seconds": WINDOW_S}])
+    keys, network_file = four_validators(tmp_path, topic_prefix)
     validators = []
     for i, key in enumerate(keys):
         config, _ = make_validator(tmp_path / f"validator-{i}", broker.port, network_file, key,
@@ -363,12 +368,7 @@ def test_a_validator_that_signs_something_else_is_never_in_a_certificate(
         tmp_path: Path, topic_prefix: str) -> None:
     broker = Mosquitto(tmp_path / "mosquitto")
     broker.start()
-    keys = [ValidatorKey.generate() for _ in range(4)]
-    network_file = write_network(tmp_path / "network.toml", [k.address for k in keys],
-                                 topic_prefix, threshold=3, projects=[{
-                                     "id": PROJECT, "owner_key": OWNER.public_key.hex(),
-                                     "grid_ef_g_per_kwh": 691, "model_sha256": _model_sha(),
-                                     "window_seconds": WINDOW_S}])
+    keys, network_file = four_validators(tmp_path, topic_prefix)
     procs = []
     try:
         for i, key in enumerate(keys):
