@@ -152,6 +152,17 @@ def create_api(store: LedgerStore, ledger: Ledger | None = None, *,
                                   limit=parse_limit(limit))
         return {"device": name, "readings": items, "count": len(items)}
 
+    @app.get("/projects/{project}/telemetry")
+    def project_telemetry(project: str, since_ms: str | None = None,
+                          limit: str | None = None) -> dict[str, Any]:
+        name = parse_identifier(project, "project")
+        assert name is not None
+        if ledger is not None and ledger.network.project(name) is None:
+            raise _NotFound(f"project {name} is not in this network")
+        items = queries.project_telemetry(name, since_ms=parse_int(since_ms, "since_ms"),
+                                          limit=parse_limit(limit))
+        return {"project": name, "readings": items, "count": len(items)}
+
     @app.get("/projects/{project}/summary")
     def project_summary(project: str) -> dict[str, Any]:
         name = parse_identifier(project, "project")

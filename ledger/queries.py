@@ -135,6 +135,23 @@ class LedgerQueries:
                  "anomaly_ppm": r.anomaly_ppm, "attestation_id": bytes(r.attestation_id).hex()}
                 for r in reversed(rows)]
 
+    def project_telemetry(self, project: str, *, since_ms: int | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+        """The project's most recent ``limit`` counted readings over all its devices (read at
+        or after ``since_ms``), oldest first, each with its device."""
+        r, a = reading_table.c, attestation_table.c
+        query = select(r.device, r.seq, r.ts_ms, r.kind, r["values"], r.anomaly_ppm,
+                       r.attestation_id).join(attestation_table,
+                                              a.id == r.attestation_id).where(a.project == project)
+        if since_ms is not None:
+            query = query.where(r.ts_ms >= since_ms)
+        with self.store.connection() as conn:
+            rows = conn.execute(query.order_by(r.ts_ms.desc(), r.device, r.seq.desc())
+                                .limit(limit)).all()
+        return [{"device": r.device, "seq": r.seq, "ts_ms": r.ts_ms, "kind": r.kind,
+                 "values": json.loads(r.values), "anomaly_ppm": r.anomaly_ppm,
+                 "attestation_id": bytes(r.attestation_id).hex()} for r in reversed(rows)]
+
     def project_summary(self, project: str) -> dict[str, Any]:
         """Totals over the project's logged attestations (zeros if none)."""
         a = attestation_table.c

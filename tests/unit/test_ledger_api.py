@@ -112,6 +112,10 @@ def test_telemetry_and_project_summary(api: TestClient) -> None:
     assert summary["attestations"] == 3 and summary["readings"] == 18
     assert summary["quantity"] == 1500 and summary["co2e_mg"] == 1500 * 700
     assert api.get("/projects/other-project/summary").status_code == 404
+    project = api.get(f"/projects/{PROJECT}/telemetry", params={"limit": 3}).json()
+    assert [(r["device"], r["seq"]) for r in project["readings"]] == \
+        [(DEVICE, 15), (DEVICE, 16), (DEVICE, 17)]
+    assert api.get("/projects/other-project/telemetry").status_code == 404
 
 
 def test_health_log_and_metrics(api: TestClient) -> None:
