@@ -71,7 +71,7 @@ class Gateway:
             self.store,
             MqttSettings(host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
                          password=mqtt_password, tls_ca_file=cfg.mqtt.tls_ca_file,
-                         client_id=cfg.mqtt.client_id),
+                         client_id=cfg.mqtt.client_id, protocol=cfg.mqtt.protocol),
             cfg.topic_prefix, retry_interval_s=cfg.mqtt.retry_interval_s)
         info = BrokerInfo(host=cfg.broker.public_host, port=cfg.broker.public_port,
                           tls=cfg.broker.device_tls, topic_prefix=cfg.topic_prefix,

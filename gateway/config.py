@@ -108,6 +108,7 @@ class MqttConfig:
     tls_ca_file: Path | None = None
     client_id: str = "senken-gateway"
     retry_interval_s: float = setting(5.0, gt=0, le=3600, doc="re-publish unpublished records")
+    protocol: Literal["5", "3.1.1"] = setting("5", doc="MQTT protocol version")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class MqttSettings:
     tls_ca_file: Path | None = None
     client_id: str = "senken-gateway"
     keepalive_s: int = 30
+    protocol: str = "5"  # or "3.1.1"
 
 
 class RegistryPublisher:
@@ -65,7 +66,7 @@ class RegistryPublisher:
     def _build_client(self) -> mqtt.Client:
         s = self.settings
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls_ca_file is not None:

@@ -16,8 +16,7 @@ the totals.
 
 The broker is the first that works of: one already listening on 127.0.0.1:1883; the
 ``mosquitto`` binary on a free port; the amqtt broker in-process (MQTT 3.1.1 only: the
-validators and the ledger are told to speak 3.1.1, and since the gateway's publisher speaks
-MQTT 5 only, the demo relays the owner-signed records the gateway holds to the registry topic).
+gateway, the validators and the ledger are then told to speak 3.1.1).
 """
 
 from __future__ import annotations
@@ -316,8 +315,6 @@ class _Demo:
             self.step(0, "approve", f"owner signed {record.device}'s registry record "
                       f"v{record.version} (key {record.public_key.hex()[:16]}..., "
                       f"{record.kind})")
-        if mqtt.protocol != "5":
-            self.relay_records(mqtt, owner)
         self.wait_registry()
         agents = []
         for name, config, home in zip(self.names, configs,
@@ -342,29 +339,6 @@ class _Demo:
             self.step(6, "device", f"{name} 1 MW solar meter at noon UTC, {self.rate:g} "
                       f"frames/s on {sim.path}{surge}")
         return agents, sims
-
-    def relay_records(self, mqtt: Broker, owner: Any) -> None:
-        """amqtt speaks MQTT 3.1.1 only and the gateway's publisher MQTT 5: publish the
-        owner-signed records the gateway holds (its public endpoint) to the registry topic, as
-        it would."""
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        from senken_core.topics import registry_topic
-
-        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-        client.connect("127.0.0.1", mqtt.port)
-        client.loop_start()
-        try:
-            for name in self.names:
-                record = owner.device_record(name)
-                client.publish(registry_topic(name, self.prefix), record.to_wire(), qos=1,
-                               retain=True).wait_for_publish(10)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-        self.step(0, "relay", "the gateway's publisher needs MQTT 5: the demo published the "
-                  "owner-signed records it holds")
 
     def wait_registry(self) -> None:
         from senken.demo_services import validator_health

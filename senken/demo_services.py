@@ -157,7 +157,8 @@ def gateway_service(home: Path, logs: Path, broker: Broker, prefix: str, api_por
     config.write_text(_toml({"state_dir": home, "topic_prefix": prefix}, {
         "api": {"host": "127.0.0.1", "port": api_port, "admin_token_file": admin},
         "mqtt": {"host": "127.0.0.1", "port": broker.port,
-                 "client_id": f"senken-demo-gateway-{run_id}", "retry_interval_s": 1.0},
+                 "client_id": f"senken-demo-gateway-{run_id}", "retry_interval_s": 1.0,
+                 "protocol": broker.protocol},
         # the broker's files go to a scratch dir nobody reads: the demo's broker is open
         "broker": {"dir": home / "broker-files", "public_host": "127.0.0.1",
                    "public_port": broker.port, "tls_port": 0, "plain_port": broker.port,
