@@ -15,21 +15,27 @@ the leader of a round is :func:`leader` (a hash of the attestation id and the ro
    from the device, computes the attestation with :func:`agreed_readings` and
    :func:`agreed_rejected` and :func:`senken_core.evidence.window_attestation`, signs its
    EIP-712 digest and broadcasts the signature; at most one signature per window and round.
-4. **certify**: k signatures over one digest are a quorum certificate; whoever holds the
-   readings publishes the certified window with its evidence. If no certificate is seen
-   within the round's timeout, everyone moves to round ``r + 1`` and its leader.
+4. **certify**: k signatures over one digest are a quorum certificate; the leader of the
+   certified round publishes the certified window with its evidence, and another validator
+   that holds the readings does so only if none appears within ``round_timeout_s`` (a backup,
+   validator/node.py). If no certificate is seen within the round's timeout, everyone moves
+   to round ``r + 1`` and its leader.
 
 The attestation is a function of the proposal alone (the haves it carries and the readings),
 so every honest validator that signs a proposal signs the same bytes, whatever it missed or
 received twice. Messages: canonical CBOR maps with a type ``t``; haves and proposals travel in
 an envelope signed with the sender's validator key (:func:`seal`), so a leader can pass
-others' haves on and a follower can check them.
+others' haves on and a follower can check them. A have's leaves are one byte string of
+40-byte (seq, leaf hash) records (:func:`encode_leaves`); opened haves are cached by their
+envelope bytes (:class:`OpenedHaves`), so the copies inside proposals cost nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
+import operator
+import struct
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,13 +44,16 @@ from senken_core.errors import EncodingError, PayloadError, SignatureError
 from senken_core.reading import SignedReading
 from senken_core.secp256k1 import ValidatorKey, recover_address
 
-__all__ = ["AGREEMENT_TAG", "Fetch", "Have", "Proposal", "ReadingsReply", "Sign", "WindowKey",
-           "agreed_readings", "agreed_rejected", "decode_message", "leader", "open_envelope",
-           "seal"]
+__all__ = ["AGREEMENT_TAG", "Fetch", "Have", "OpenedHaves", "Proposal", "ReadingsReply", "Sign",
+           "WindowKey", "agreed_readings", "agreed_rejected", "decode_leaves", "decode_message",
+           "encode_leaves", "leader", "open_envelope", "seal"]
 
 AGREEMENT_TAG = b"senken/agreement/v1\x00"
 _V = 1
 MAX_FETCH = 512  # sequence numbers one fetch may ask for
+LEAF_SIZE = 40  # a have's leaf on the wire: 8-byte big-endian seq || 32-byte leaf hash
+_LEAF = struct.Struct(">Q32s")
+_first = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -77,15 +86,37 @@ def seal(key: ValidatorKey, msg: bytes) -> bytes:
 
 def open_envelope(data: bytes) -> tuple[bytes, bytes]:
     """``(msg, signer address)``; raises PayloadError."""
-    value = _decode(data, "envelope")
-    if set(value) != {"v", "msg", "sig"} or value["v"] != _V \
-            or not isinstance(value["msg"], bytes) or not isinstance(value["sig"], bytes):
+    return _open(_decode(data, "envelope"))
+
+
+def _open(value: dict[str, canonical.Value]) -> tuple[bytes, bytes]:
+    msg, sig = value.get("msg"), value.get("sig")
+    if len(value) != 3 or type(value.get("v")) is not int or value["v"] != _V \
+            or not isinstance(msg, bytes) or not isinstance(sig, bytes):
         raise PayloadError("envelope: expected {v: 1, msg: bytes, sig: bytes}")
     try:
-        signer = recover_address(_digest(value["msg"]), value["sig"])
+        signer = recover_address(_digest(msg), sig)
     except SignatureError as exc:
         raise PayloadError(f"envelope: {exc}") from None
-    return value["msg"], signer
+    return msg, signer
+
+
+def encode_leaves(leaves: Iterable[tuple[int, bytes]]) -> bytes:
+    """A have's leaves on the wire: n x (8-byte big-endian seq || 32-byte leaf hash)."""
+    pack = _LEAF.pack
+    return b"".join([pack(seq, leaf) for seq, leaf in leaves])
+
+
+def decode_leaves(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The inverse of :func:`encode_leaves`, strictly: a whole number of 40-byte leaves, seqs
+    strictly increasing. Raises PayloadError."""
+    if not isinstance(data, bytes) or len(data) % LEAF_SIZE:
+        raise PayloadError(f"have: leaves must be n x {LEAF_SIZE} bytes (seq || leaf hash)")
+    leaves: tuple[tuple[int, bytes], ...] = tuple(_LEAF.iter_unpack(data))  # C, no copies
+    seqs = list(map(_first, leaves))
+    if not all(map(operator.lt, seqs, seqs[1:])):
+        raise PayloadError("have: leaves must be in strictly increasing seq order")
+    return leaves
 
 
 def _decode(data: bytes, what: str) -> dict[str, canonical.Value]:
@@ -123,30 +154,28 @@ class Have:
 
     def encode(self) -> bytes:
         return canonical.encode({"t": "have", **self.key.fields(),
-                                 "leaves": [[s, h] for s, h in self.leaves],
+                                 "leaves": encode_leaves(self.leaves),
                                  "rejected": self.rejected})
 
     @classmethod
     def decode(cls, msg: bytes) -> Have:
-        value = _decode(msg, "have")
-        if value.get("t") != "have" or set(value) != {"t", "project", "device", "window_start",
-                                                      "leaves", "rejected"}:
+        return cls._from_value(_decode(msg, "have"))
+
+    @classmethod
+    def _from_value(cls, value: dict[str, canonical.Value]) -> Have:
+        if value.get("t") != "have" or value.keys() != _HAVE_FIELDS:
             raise PayloadError("have: unexpected fields")
         leaves = value["leaves"]
         rejected = value["rejected"]
-        if not isinstance(leaves, list) or isinstance(rejected, bool) \
-                or not isinstance(rejected, int) or not 0 <= rejected < 2**32:
-            raise PayloadError("have: leaves must be a list and rejected a count")
-        out: list[tuple[int, bytes]] = []
-        for item in leaves:
-            if (not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
-                    or not isinstance(item[0], int) or item[0] < 0
-                    or not isinstance(item[1], bytes) or len(item[1]) != 32):
-                raise PayloadError("have: a leaf is [seq, 32-byte hash]")
-            out.append((item[0], item[1]))
-        if any(a[0] >= b[0] for a, b in itertools.pairwise(out)):
-            raise PayloadError("have: leaves must be in increasing seq order")
-        return cls(_key(value, "have"), tuple(out), rejected)
+        if not isinstance(leaves, bytes) or type(rejected) is not int \
+                or not 0 <= rejected < 2**32:
+            raise PayloadError("have: leaves must be bytes and rejected a count")
+        return cls(_key(value, "have"), decode_leaves(leaves), rejected)
+
+
+_HAVE_FIELDS = frozenset({"t", "project", "device", "window_start", "leaves", "rejected"})
+_PROPOSAL_FIELDS = frozenset({"t", "project", "device", "window_start", "round", "haves",
+                              "readings", "boundary"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +185,45 @@ class SignedHave:
     envelope: bytes
 
     @classmethod
-    def open(cls, envelope: bytes) -> SignedHave:
+    def open(cls, envelope: bytes, cache: OpenedHaves | None = None) -> SignedHave:
+        """The have in ``envelope`` and its signer; from ``cache`` if it was opened before
+        (the same bytes: no second decode, no second signature recovery). Raises
+        PayloadError."""
+        if cache is not None:
+            hit = cache.get(envelope)
+            if hit is not None:
+                return hit
         msg, signer = open_envelope(envelope)
-        return cls(Have.decode(msg), signer, envelope)
+        opened = cls(Have.decode(msg), signer, envelope)
+        if cache is not None:
+            cache.put(opened)
+        return opened
+
+
+class OpenedHaves:
+    """A small LRU of opened have envelopes by their bytes: a have comes once from its sender
+    and again inside the leader's proposal (and at each new round), byte for byte the same,
+    so it is decoded and its signer recovered once."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, SignedHave] = OrderedDict()
+        self.hits = 0
+
+    def get(self, envelope: bytes) -> SignedHave | None:
+        hit = self._items.get(envelope)
+        if hit is not None:
+            self.hits += 1
+            self._items.move_to_end(envelope)
+        return hit
+
+    def put(self, have: SignedHave) -> None:
+        self._items[have.envelope] = have
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,22 +243,25 @@ class Proposal:
             else [self.boundary.body, self.boundary.signature]})
 
     @classmethod
-    def decode(cls, msg: bytes) -> Proposal:
-        value = _decode(msg, "propose")
-        if value.get("t") != "propose" or set(value) != {"t", "project", "device",
-                                                         "window_start", "round", "haves",
-                                                         "readings", "boundary"}:
+    def decode(cls, msg: bytes, cache: OpenedHaves | None = None) -> Proposal:
+        return cls._from_value(_decode(msg, "propose"), cache)
+
+    @classmethod
+    def _from_value(cls, value: dict[str, canonical.Value],
+                    cache: OpenedHaves | None) -> Proposal:
+        if value.get("t") != "propose" or value.keys() != _PROPOSAL_FIELDS:
             raise PayloadError("propose: unexpected fields")
         round_, haves, readings = value["round"], value["haves"], value["readings"]
-        if isinstance(round_, bool) or not isinstance(round_, int) or not 0 <= round_ < 2**32:
+        if type(round_) is not int or not 0 <= round_ < 2**32:
             raise PayloadError("propose: round must be a small non-negative integer")
         if not isinstance(haves, list) or not all(isinstance(h, bytes) for h in haves):
             raise PayloadError("propose: haves must be a list of envelopes")
         if not isinstance(readings, list):
             raise PayloadError("propose: readings must be a list")
+        key = _key(value, "propose")  # checked before any signature is recovered
         boundary = value["boundary"]
-        return cls(_key(value, "propose"), round_,
-                   tuple(SignedHave.open(h) for h in haves if isinstance(h, bytes)),
+        return cls(key, round_,
+                   tuple(SignedHave.open(h, cache) for h in haves),  # type: ignore[arg-type]
                    tuple(_pair(r, "propose") for r in readings),
                    None if boundary is None else _pair(boundary, "propose boundary"))
 
@@ -237,9 +305,16 @@ class ReadingsReply:
 Message = SignedHave | Proposal | Sign | Fetch | ReadingsReply
 
 
-def decode_message(payload: bytes) -> tuple[Message, bytes | None]:
+def decode_message(payload: bytes, cache: OpenedHaves | None = None,
+                   ) -> tuple[Message, bytes | None]:
     """A message from a validator's agreement topic, and the envelope's signer (haves and
-    proposals) or None. Raises PayloadError saying what is wrong, never anything else."""
+    proposals) or None. Haves are looked up in and added to ``cache`` (a have seen before, on
+    its own or inside a proposal, is not decoded again). Raises PayloadError saying what is
+    wrong, never anything else."""
+    if cache is not None:
+        hit = cache.get(payload)
+        if hit is not None:
+            return hit, hit.signer
     try:
         value = canonical.decode(payload)
     except EncodingError as exc:
@@ -247,12 +322,16 @@ def decode_message(payload: bytes) -> tuple[Message, bytes | None]:
     if not isinstance(value, dict):
         raise PayloadError("agreement: expected a map")
     if "sig" in value:  # an envelope: have or propose
-        msg, signer = open_envelope(payload)
-        kind = _decode(msg, "envelope").get("t")
+        msg, signer = _open(value)
+        inner = _decode(msg, "envelope")
+        kind = inner.get("t")
         if kind == "have":
-            return SignedHave(Have.decode(msg), signer, payload), signer
+            have = SignedHave(Have._from_value(inner), signer, payload)
+            if cache is not None:
+                cache.put(have)
+            return have, signer
         if kind == "propose":
-            return Proposal.decode(msg), signer
+            return Proposal._from_value(inner, cache), signer
         raise PayloadError(f"agreement: unknown sealed message {kind!r}")
     kind = value.get("t")
     if kind == "sign":

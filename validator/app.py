@@ -6,14 +6,23 @@ Tasks and channels (one asyncio loop on the main thread, one HTTP thread)::
       ▲                                                                                  ║
       ║ publish (≤ 64 in flight)                                         messages (queue) ║
       ║                                                                                  ▼
-    [publisher task] ◀── outbox (deque of Outbound) ◀──┬── [receiver task] node.on_message
-      per connection         bounded, oldest dropped   │     per connection, inline CPU work
-                                                       │         │ wake (asyncio.Event)
+    [publisher task] ◀── outbox (deque of Outbound) ◀──┐     paho's on_message stamps each
+      per connection         bounded, oldest dropped   │       message with its arrival time
+                                                       │       into the inbox as it is read
+                                                       │         │ inbox (deque) + wake
                                                        │         ▼
-                                                       └── [timer task] node.tick at
-                                                             node.next_deadline(), and at
-                                                             least every 0.5 s; lives across
-                                                             connections
+                                                       └── [worker task] node.on_message per
+                                                             message (yielding between them),
+                                                             node.tick at next_deadline() and
+                                                             at least every 0.5 s; lives
+                                                             across connections
+
+Overload (docs/protocol.md, section 7): the node's clock is *arrival time*. A message is fed
+with the time it arrived (``now`` of ``on_message``), and a tick happens at time ``t`` only
+once every message that arrived before ``t`` has been fed: a node that is behind closes a
+window late, with every reading that reached it before the window was due, rather than on
+time without them. Its lag is bounded: the node's time never trails the clock by more than
+``MAX_DEFER_S``, so ticks (and rounds, and liveness) are deferred a few seconds at most.
     [supervisor] connect → publish status "online" (retained) → subscribe node.subscriptions()
        → run receiver + publisher until the link drops (→ backoff 2^n, capped, jittered;
        reconnect, resubscribe) or SIGTERM/SIGINT (→ flush the outbox ≤ 3 s, publish
@@ -84,6 +93,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TICK_EVERY_S = 0.5  # the node's timers are looked at least this often
+MAX_DEFER_S = 5.0  # a tick waits for older messages to be processed at most this long
 MIN_TICK_GAP_S = 0.01  # a deadline that stays in the past cannot make the timer spin
 OUTBOX_MAX = 100_000
 INFLIGHT_MAX = 64
@@ -211,6 +221,9 @@ class ValidatorRunner:
         self.status_topic = validator_topic(node.address, "status", topic_prefix)
         self.client_id = cfg.client_id_for(node.address)
         self._outbox: deque[Outbound] = deque()
+        self._inbox: deque[tuple[float, str, bytes]] = deque()  # (arrival, topic, payload)
+        self._node_now = -float("inf")  # the last time given to the node (never decreases)
+        self._last_tick = -float("inf")  # monotonic
         self._inflight: set[asyncio.Task[None]] = set()
         self._subscribed_once = False
         self._errors_logged = 0
@@ -247,9 +260,49 @@ class ValidatorRunner:
             log.error("the node raised on %s; skipped (%d so far)", what, self.state.node_errors,
                       exc_info=True)
 
-    def handle_message(self, topic: str, payload: bytes) -> None:
-        """Feed one message to the node and queue what it wants sent. Never raises."""
+    def received(self, topic: str, payload: bytes, at: float | None = None) -> None:
+        """A message from the broker, arrived at ``at`` (default now): queued for the node."""
+        self._inbox.append((self.clock() if at is None else at, topic, payload))
+        self._wake.set()
+
+    def node_time(self, now: float) -> float:
+        """The time the node may be at: ``now``, but not past the arrival of the oldest
+        message it has not processed yet, unless that is more than ``MAX_DEFER_S`` ago."""
+        t = now
+        if self._inbox:
+            t = min(now, max(self._inbox[0][0], now - MAX_DEFER_S))
+        return max(t, self._node_now)
+
+    def step(self) -> float | None:
+        """Do the next thing the node needs: a tick that is due at the node's time, else the
+        oldest message. Returns None when it did something, else how long to wait (s) at most
+        before the next tick. Never raises."""
         now = self.clock()
+        t = self.node_time(now)
+        deadline = self._deadline()
+        since = time.monotonic() - self._last_tick
+        if since >= TICK_EVERY_S or (deadline is not None and deadline <= t
+                                     and since >= MIN_TICK_GAP_S):
+            self._last_tick = time.monotonic()
+            self._node_now = t
+            self._tick(t)
+            return None
+        if self._inbox:
+            at, topic, payload = self._inbox.popleft()
+            self.handle_message(topic, payload, max(self._node_now,
+                                                    min(now, max(at, now - MAX_DEFER_S))))
+            return None
+        wait_s = TICK_EVERY_S - since
+        if deadline is not None:
+            wait_s = min(wait_s, max(deadline - now, MIN_TICK_GAP_S - since))
+        return max(wait_s, 0.0)
+
+    def handle_message(self, topic: str, payload: bytes, now: float | None = None) -> None:
+        """Feed one message to the node (at ``now``, default the clock) and queue what it
+        wants sent. Never raises."""
+        if now is None:
+            now = self.clock()
+        self._node_now = max(self._node_now, now)
         self.state.messages_received += 1
         self.state.last_message_at = now
         try:
@@ -274,21 +327,15 @@ class ValidatorRunner:
             self._node_failed("next_deadline")
             return None
 
-    async def _timer_loop(self) -> None:
-        last_tick = -float("inf")  # monotonic
+    async def _work_loop(self) -> None:
         while True:
             self._wake.clear()
-            since = time.monotonic() - last_tick
-            wait_s = TICK_EVERY_S - since
-            deadline = self._deadline()
-            if deadline is not None:
-                wait_s = min(wait_s, max(deadline - self.clock(), MIN_TICK_GAP_S - since))
-            if wait_s > 0:
+            wait_s = self.step()
+            if wait_s is None or wait_s <= 0:
+                await asyncio.sleep(0)  # let paho read, the receiver stamp, the publisher send
+            else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
-                continue
-            last_tick = time.monotonic()
-            self._tick(self.clock())
 
     # -- the broker ------------------------------------------------------------------------
 
@@ -334,9 +381,17 @@ class ValidatorRunner:
                           topic, code)
         self._subscribed_once = True
 
+    def _on_paho_message(self, _client: object, _userdata: object,
+                         message: paho.MQTTMessage) -> None:
+        """paho's callback, on the loop's thread as paho reads the socket: the arrival time is
+        taken here, not when a task gets round to the message."""
+        self.received(message.topic, _payload_bytes(message.payload))
+
     async def _receive(self, client: aiomqtt.Client) -> None:
+        # with paho's on_message taken over (see _session) nothing comes this way; the loop
+        # still ends with MqttError when the link drops
         async for message in client.messages:
-            self.handle_message(message.topic.value, _payload_bytes(message.payload))
+            self.received(message.topic.value, _payload_bytes(message.payload))
 
     async def _publish_one(self, client: aiomqtt.Client, item: Outbound,
                            slots: asyncio.Semaphore) -> None:
@@ -392,6 +447,11 @@ class ValidatorRunner:
     async def _session(self) -> None:
         """One connection: returns after a clean stop, raises MqttError/_LinkLost otherwise."""
         client = self._client()
+        inner = getattr(client, "_client", None)  # aiomqtt's paho client
+        if isinstance(inner, paho.Client):
+            # take messages straight from paho: stamped on arrival, and no task and
+            # asyncio.wait per message (aiomqtt's iterator); aiomqtt only queues them
+            inner.on_message = self._on_paho_message
         async with client:
             self.state.connected = True
             self.state.connections += 1
@@ -428,7 +488,7 @@ class ValidatorRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, reconnect and process until ``stop`` is set. Returns after a clean stop."""
         self._stop = stop
-        timer = asyncio.create_task(self._timer_loop(), name="validator-timer")
+        timer = asyncio.create_task(self._work_loop(), name="validator-worker")
 
         def timer_ended(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:

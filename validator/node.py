@@ -38,6 +38,7 @@ from validator.agreement import (
     MAX_FETCH,
     Fetch,
     Have,
+    OpenedHaves,
     Proposal,
     ReadingsReply,
     Sign,
@@ -83,10 +84,14 @@ class NodeStats:
     registry_devices: int = 0  # gauge
     registry_refused: dict[str, int] = field(default_factory=dict)
     windows_open: int = 0  # gauge
+    certificates_published: int = 0  # certified windows this node published (leader or backup)
+    certificates_backup: int = 0  # of which as a backup (the leader's did not appear in time)
+    certificates_skipped: int = 0  # peers' certified windows for settled windows, not decoded
 
 
 
 _DONE_MEMORY = 100_000  # settled windows remembered, so late messages do not reopen them
+_SETTLED_MEMORY = 4096  # settled attestations remembered to skip peers' certified windows
 
 
 @dataclass(slots=True)
@@ -101,8 +106,11 @@ class _Held:
 @dataclass(slots=True)
 class _Window:
     due: float
+    start: int = 0
+    seconds: int = 0
     leaves: dict[int, bytes] = field(default_factory=dict)
     rejected: int = 0
+    open: bool = True  # False once closed (its have sent) or settled
 
 
 @dataclass(slots=True)
@@ -118,21 +126,21 @@ class _Agreement:
     proposal: Proposal | None = None
     signed_round: int = -1
     fetch_round: int = -1
-    evidence: dict[bytes, tuple[tuple[SignedReading, ...], SignedReading | None]] = \
-        field(default_factory=dict)  # digest -> what this node signed it over
+    evidence: dict[bytes, tuple[tuple[SignedReading, ...], SignedReading | None, int]] = \
+        field(default_factory=dict)  # digest -> what this node signed it over, and the round
 
 
 class _RegistryView:
     """What the verifier trusts: the owner-signed record, under its project's current terms."""
 
-    def __init__(self, registry: DeviceRegistry, network: NetworkConfig) -> None:
-        self.registry, self.network = registry, network
+    def __init__(self, registry: DeviceRegistry, projects: dict[str, ProjectConfig]) -> None:
+        self.registry, self.projects = registry, projects
 
     def lookup(self, device: str) -> RegisteredDevice | None:
         record = self.registry.lookup(device)
         if record is None:
             return None
-        project = self.network.project(record.project)
+        project = self.projects.get(record.project)
         if project is None:
             return None
         return RegisteredDevice(device, record.project, record.public_key, record.kind,
@@ -161,8 +169,9 @@ class ValidatorNode:
         self.repair_delay_s = repair_delay_s
         self.history = history
         self.registry = DeviceRegistry(network.owners())
+        self._projects = {p.id: p for p in network.projects}
         self._now = 0.0
-        self.verifier = ReadingVerifier(_RegistryView(self.registry, network),
+        self.verifier = ReadingVerifier(_RegistryView(self.registry, self._projects),
                                         scorer_for=scorer_for, clock=lambda: self._now,
                                         max_age_s=max_age_s, max_skew_s=max_skew_s,
                                         history=history)
@@ -175,6 +184,14 @@ class ValidatorNode:
         self._windows: dict[WindowKey, _Window] = {}
         self._agreements: dict[WindowKey, _Agreement] = {}
         self._done: OrderedDict[WindowKey, None] = OrderedDict()
+        self._current: dict[str, _Window] = {}  # device -> its window readings went to last
+        self._opened = OpenedHaves()  # have envelopes already opened, by their bytes
+        # attestation id -> (when, the certified window): published by this node unless a
+        # certified window of that id arrives on a certificates topic before then
+        self._backups: dict[bytes, tuple[float, CertifiedWindow]] = {}
+        # attestation wire -> id of recently settled windows, to skip peers' copies cheaply
+        self._settled: OrderedDict[bytes, bytes] = OrderedDict()
+        self._settled_lengths: set[int] = set()
         self._agreement_topic = validator_topic(self.address, "agreement", self.prefix)
         self._certificate_topic = validator_topic(self.address, "certificates", self.prefix)
 
@@ -234,6 +251,11 @@ class ValidatorNode:
             if now >= since + self.repair_delay_s and \
                     now >= self._fetched_at.get(device, -1e18) + 4 * self.repair_delay_s:
                 self._repair(device, out)
+        for wid, (at, window) in list(self._backups.items()):
+            if now >= at:  # the leader's certified window did not appear: publish ours
+                del self._backups[wid]
+                self.stats.certificates_backup += 1
+                self._publish_certified(window, out)
         self.stats.windows_open = len(self._windows) + len(self._agreements)
         return out
 
@@ -250,6 +272,7 @@ class ValidatorNode:
         for device, since in self._pending_since.items():
             times.append(max(since + self.repair_delay_s,
                              self._fetched_at.get(device, -1e18) + 4 * self.repair_delay_s))
+        times.extend(at for at, _window in self._backups.values())
         return min(times) if times else None
 
     # --- readings -----------------------------------------------------------------------
@@ -297,23 +320,33 @@ class ValidatorNode:
             entry = self.registry.lookup(topic_device)
             if reading is not None and entry is not None and not entry.revoked:
                 key = self._window_key(entry.project, topic_device, reading.ts_ms)
-                if key is not None and key not in self._agreements and key not in self._done:
+                if key is not None and not self._closed(key):
                     self._window(key).rejected += 1
         return verdict.status
 
     def _keep(self, reading: Reading, signed: SignedReading) -> None:
-        held = _Held(reading, signed, leaf_hash(signed.body))
-        store = self._store.setdefault(reading.device, OrderedDict())
-        store[reading.seq] = held
-        while len(store) > self.history:
+        leaf = leaf_hash(signed.body)
+        device = reading.device
+        store = self._store.get(device)
+        if store is None:
+            store = self._store[device] = OrderedDict()
+        store[reading.seq] = _Held(reading, signed, leaf)
+        if len(store) > self.history:
             store.popitem(last=False)
-        entry = self.registry.lookup(reading.device)
+        window = self._current.get(device)  # most readings go where the previous one went
+        if window is not None and window.open \
+                and reading.ts_ms // 1000 // window.seconds * window.seconds == window.start:
+            window.leaves[reading.seq] = leaf
+            return
+        entry = self.registry.lookup(device)
         if entry is None:
             return
-        key = self._window_key(entry.project, reading.device, reading.ts_ms)
-        if key is None or key in self._done or key in self._agreements:
+        key = self._window_key(entry.project, device, reading.ts_ms)
+        if key is None or self._closed(key):
             return  # too late for this node's own have; it may still serve and attest it
-        self._window(key).leaves[reading.seq] = held.leaf
+        window = self._window(key)
+        window.leaves[reading.seq] = leaf
+        self._current[device] = window
 
     def _after_readings(self, device: str, out: list[Outbound]) -> None:
         """Retry readings that waited for earlier ones, then proposals that waited for
@@ -353,21 +386,30 @@ class ValidatorNode:
     # --- windows and agreement ----------------------------------------------------------
 
     def _window_key(self, project: str, device: str, ts_ms: int) -> WindowKey | None:
-        terms = self.network.project(project)
+        terms = self._projects.get(project)
         if terms is None:
             return None
         start = ts_ms // 1000 // terms.window_seconds * terms.window_seconds
         return WindowKey(project, device, start)
 
+    def _closed(self, key: WindowKey) -> bool:
+        """Whether this node's own have for ``key`` is sent (or the window settled)."""
+        if key in self._done:
+            return True
+        ag = self._agreements.get(key)
+        return ag is not None and ag.mine is not None
+
     def _window(self, key: WindowKey) -> _Window:
         window = self._windows.get(key)
         if window is None:
-            window = _Window(self._window_end(key) + self.grace_s)
+            terms = self._projects[key.project]  # a key is made only for a known project
+            window = _Window(self._window_end(key) + self.grace_s, key.window_start,
+                             terms.window_seconds)
             self._windows[key] = window
         return window
 
     def _window_end(self, key: WindowKey) -> float:
-        terms = self.network.project(key.project)
+        terms = self._projects.get(key.project)
         return float(key.window_start + (terms.window_seconds if terms else 0))
 
     def _timeout(self, round_: int) -> float:
@@ -376,7 +418,7 @@ class ValidatorNode:
     def _agreement(self, key: WindowKey) -> _Agreement | None:
         ag = self._agreements.get(key)
         if ag is None and key not in self._done:
-            terms = self.network.project(key.project)
+            terms = self._projects.get(key.project)
             if terms is None:
                 return None
             wid = ATTESTATION_KEY_TYPE.hash_struct({
@@ -393,11 +435,13 @@ class ValidatorNode:
     def _close(self, key: WindowKey, out: list[Outbound]) -> None:
         """This node's view of the window is final: send its have and start agreeing."""
         window = self._windows.pop(key, None) or _Window(0.0)
+        window.open = False
         ag = self._agreement(key)
         if ag is None or ag.mine is not None:
             return
         have = Have(key, tuple(sorted(window.leaves.items())), window.rejected)
         ag.mine = SignedHave(have, self.address, seal(self.key, have.encode()))
+        self._opened.put(ag.mine)  # it comes back inside proposals
         ag.haves[self.address] = ag.mine
         ag.due_at = self._now
         if not ag.haves.keys() - {self.address} and ag.proposal is None:
@@ -451,7 +495,7 @@ class ValidatorNode:
 
     def _on_agreement(self, sender: bytes, payload: bytes, out: list[Outbound]) -> None:
         try:
-            message, signer = decode_message(payload)
+            message, signer = decode_message(payload, self._opened)
         except PayloadError:
             self._drop("malformed")
             return
@@ -557,7 +601,8 @@ class ValidatorNode:
         att, signature = self._sign(att)
         ag.signed_round = proposal.round
         ag.evidence[att.digest(self.domain)] = (tuple(h.signed for h in readings),
-                                                None if boundary is None else boundary.signed)
+                                                None if boundary is None else boundary.signed,
+                                                proposal.round)
         self.stats.attestations_signed += 1
         wire = att.to_wire()
         out.append(Outbound(self._agreement_topic, Sign(wire, signature).encode()))
@@ -584,11 +629,35 @@ class ValidatorNode:
         self.stats.certificates += 1
         evidence = None if ag is None else ag.evidence.get(att.digest(self.domain))
         if evidence is not None:
-            window = CertifiedWindow(cert, evidence[0], evidence[1])
-            out.append(Outbound(self._certificate_topic, window.to_wire()))
-        self._settle(key, att.id)
+            readings, boundary, round_ = evidence
+            window = CertifiedWindow(cert, readings, boundary)
+            if leader(self.members, att.id, round_) == self.address:
+                self._publish_certified(window, out)  # the leader of the certified round
+            else:  # a backup, in case the leader crashed right after signing
+                self._backups[att.id] = (self._now + self.round_timeout_s, window)
+        self._settle(key, att.id, wire)
+
+    def _publish_certified(self, window: CertifiedWindow, out: list[Outbound]) -> None:
+        self.stats.certificates_published += 1
+        out.append(Outbound(self._certificate_topic, window.to_wire()))
+
+    def _settled_id(self, payload: bytes) -> bytes | None:
+        """The attestation id if ``payload`` ends with the attestation of a window this node
+        settled recently (canonical CBOR sorts "attestation" last in a certified window), else
+        None. Cheap: no decoding, a few slices and hash lookups."""
+        for n in self._settled_lengths:
+            if len(payload) > n + 3:
+                wid = self._settled.get(payload[-n:])
+                if wid is not None and payload.endswith(canonical.encode_head(2, n)
+                                                        + payload[-n:]):
+                    return wid
+        return None
 
     def _on_certificate(self, payload: bytes) -> None:
+        wid = self._settled_id(payload)
+        if wid is not None and wid not in self._backups:
+            self.stats.certificates_skipped += 1  # already settled, nothing to do
+            return
         try:
             window = CertifiedWindow.from_wire(payload)
             verify_certificate(window.certificate, self.validators, self.domain)
@@ -596,22 +665,32 @@ class ValidatorNode:
             self._drop("bad_certificate")
             return
         att = window.attestation
-        self._settle(WindowKey(att.project, att.device, att.window_start), att.id)
+        self._backups.pop(att.id, None)  # someone published it: no backup needed
+        key = WindowKey(att.project, att.device, att.window_start)
+        if key not in self._done:
+            self._settle(key, att.id, att.to_wire())
 
-    def _settle(self, key: WindowKey, attestation_id: bytes) -> None:
+    def _settle(self, key: WindowKey, attestation_id: bytes, wire: bytes) -> None:
         """The window is certified: stop agreeing on it and forget its state."""
         ag = self._agreements.pop(key, None)
-        self._windows.pop(key, None)
+        window = self._windows.pop(key, None)
+        if window is not None:
+            window.open = False
         if ag is not None and ag.due_at is not None:
             self.stats.quorum_latency_s.append(self._now - ag.due_at)
         self.collector.forget(attestation_id)
         self._done[key] = None
         while len(self._done) > _DONE_MEMORY:
             self._done.popitem(last=False)
+        self._settled[wire] = attestation_id
+        self._settled_lengths.add(len(wire))
+        while len(self._settled) > _SETTLED_MEMORY:
+            self._settled.popitem(last=False)
 
     # --- registry and counting ----------------------------------------------------------
 
     def _on_registry(self, payload: bytes) -> None:
+        self._current.clear()  # a device's project may change with its record
         try:
             self.registry.apply(SignedDeviceRecord.from_wire(payload))
         except RegistryError as exc:

@@ -70,6 +70,9 @@ class SimNet:
     shuffle: bool = False
     queue_while_down: bool = True
     down: set[int] = field(default_factory=set)
+    # node i crashes right after publishing a message for which this is true (the rest of
+    # what it wanted to send is lost with it)
+    crash_after: Callable[[int, Outbound], bool] = lambda i, m: False
     certificates: list[bytes] = field(default_factory=list)  # every certified window published
     _inbox: list[list[tuple[str, bytes]]] = field(default_factory=list)
     _held: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)
@@ -109,6 +112,9 @@ class SimNet:
     def _emit(self, i: int, out: list[Outbound]) -> None:
         for message in out:
             self.publish(message.topic, message.payload, sender=i)
+            if self.crash_after(i, message):
+                self.crash(i)
+                return
 
     def deliver(self, max_steps: int = 1_000_000) -> None:
         """Deliver until every inbox is empty."""

@@ -4,6 +4,7 @@ messages, crashed validators, and a validator that signs something else."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import replace
 
@@ -12,11 +13,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from senken_core.attestation import Attestation
+from senken_core.errors import PayloadError
 from senken_core.evidence import CertifiedWindow, check_certified_window
+from senken_core.reading import encode_batch
 from senken_core.secp256k1 import ValidatorKey, recover_address
-from tests.support.validator_sim import PROJECT, T0, WINDOW_S, Device, SimNet, network
-from validator.agreement import Have, WindowKey, agreed_readings, agreed_rejected, leader
-from validator.node import ValidatorNode
+from senken_core.topics import device_topic, registry_topic
+from tests.support.validator_sim import PREFIX, PROJECT, T0, WINDOW_S, Device, SimNet, network
+from validator.agreement import (
+    Have,
+    OpenedHaves,
+    Proposal,
+    Sign,
+    SignedHave,
+    WindowKey,
+    agreed_readings,
+    agreed_rejected,
+    decode_leaves,
+    decode_message,
+    encode_leaves,
+    leader,
+    seal,
+)
+from validator.node import Outbound, ValidatorNode
 
 KEYS = [ValidatorKey(bytes([i + 1]) * 32) for i in range(4)]
 
@@ -300,3 +318,225 @@ def test_a_validator_that_missed_readings_replays_the_model_after_fetching_them(
     assert three.stats.readings_pending == 0 and not three.stats.rejected
     assert three.stats.readings_accepted == 8  # fetched from a peer, then re-scored in order
     assert len(certified(sim)) == 1
+
+
+# --- the compact have encoding and the cache of opened envelopes ---------------------------
+
+leaf_lists = st.lists(st.tuples(st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32)),
+                      max_size=60).map(lambda xs: tuple(sorted(dict(xs).items())))
+
+
+@settings(max_examples=200, deadline=None)
+@given(leaves=leaf_lists, rejected=st.integers(0, 2**32 - 1))
+def test_have_leaves_round_trip(leaves: tuple[tuple[int, bytes], ...], rejected: int) -> None:
+    wire = encode_leaves(leaves)
+    assert len(wire) == 40 * len(leaves)
+    assert decode_leaves(wire) == leaves
+    have = Have(WindowKey(PROJECT, "meter-1", T0), leaves, rejected)
+    assert Have.decode(have.encode()) == have
+    opened = SignedHave.open(seal(KEYS[0], have.encode()))
+    assert opened.have == have and opened.signer == KEYS[0].address
+
+
+def _have_with(leaves: bytes) -> bytes:
+    from senken_core import canonical
+    return canonical.encode({"t": "have", **WindowKey(PROJECT, "m", T0).fields(),
+                             "leaves": leaves, "rejected": 0})
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=400), st.binary(max_size=400).map(_have_with),
+                      st.binary(max_size=400).map(lambda b: seal(KEYS[1], _have_with(b)))))
+def test_any_bytes_as_leaves_or_messages_raise_payload_error_only(data: bytes) -> None:
+    for decode in (decode_leaves, Have.decode, Proposal.decode, decode_message,
+                   lambda d: decode_message(d, OpenedHaves(4)), SignedHave.open):
+        with contextlib.suppress(PayloadError):
+            decode(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(leaves=leaf_lists.filter(lambda xs: len(xs) >= 2), i=st.integers(0, 10**6),
+       cut=st.integers(1, 39))
+def test_leaves_are_strictly_checked(leaves: tuple[tuple[int, bytes], ...], i: int,
+                                     cut: int) -> None:
+    wire = encode_leaves(leaves)
+    with pytest.raises(PayloadError):
+        decode_leaves(wire[:-cut])  # not a whole number of leaves
+    j = i % (len(leaves) - 1)
+    swapped = list(leaves)
+    swapped[j], swapped[j + 1] = swapped[j + 1], swapped[j]
+    with pytest.raises(PayloadError):
+        decode_leaves(encode_leaves(swapped))  # out of order
+    repeated = list(leaves)
+    repeated[j + 1] = (repeated[j][0], repeated[j + 1][1])
+    with pytest.raises(PayloadError):
+        decode_leaves(encode_leaves(repeated))  # a seq twice
+    key = WindowKey(PROJECT, "meter-1", T0)
+    from senken_core import canonical
+    old_style = canonical.encode({"t": "have", **key.fields(), "rejected": 0,
+                                  "leaves": [[q, h] for q, h in leaves]})
+    with pytest.raises(PayloadError):
+        Have.decode(old_style)  # leaves as CBOR arrays are refused
+
+
+def test_a_have_carried_in_a_proposal_is_opened_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import validator.agreement as agreement
+    key = WindowKey(PROJECT, "meter-1", T0)
+    haves = [seal(k, Have(key, ((1, bytes([i]) * 32),), 0).encode())
+             for i, k in enumerate(KEYS[:3])]
+    proposal = seal(KEYS[0], Proposal(key, 0, tuple(SignedHave.open(h) for h in haves), (),
+                                      None).encode())
+    recovered: list[bytes] = []
+    real = agreement.recover_address
+
+    def counting(digest: bytes, sig: bytes) -> bytes:
+        recovered.append(digest)
+        return real(digest, sig)
+
+    monkeypatch.setattr(agreement, "recover_address", counting)
+    cache = OpenedHaves(16)
+    for h in haves:
+        message, signer = decode_message(h, cache)
+        assert isinstance(message, SignedHave) and signer == message.signer
+    assert len(recovered) == 3
+    message, signer = decode_message(proposal, cache)
+    assert isinstance(message, Proposal) and signer == KEYS[0].address
+    assert len(recovered) == 4  # the proposal's own envelope only
+    assert [h.signer for h in message.haves] == [k.address for k in KEYS[:3]]
+    assert cache.hits == 3
+    again, _ = decode_message(haves[0], cache)  # a QoS 1 duplicate or a new round's copy
+    assert again is message.haves[0] and len(recovered) == 4
+    small = OpenedHaves(2)
+    for h in haves:
+        SignedHave.open(h, small)
+    assert len(small) == 2  # bounded: the oldest goes
+
+
+# --- one publisher per certified window ----------------------------------------------------
+
+
+def bundles_per_window(sim: SimNet) -> dict[bytes, int]:
+    out: dict[bytes, int] = {}
+    for payload in sim.certificates:
+        wid = CertifiedWindow.from_wire(payload).attestation.id
+        out[wid] = out.get(wid, 0) + 1
+    return out
+
+
+def test_normally_only_the_leader_publishes_one_bundle_per_window() -> None:
+    sim = SimNet(nodes())
+    devices = [Device("meter-1"), Device("meter-2")]
+    start(sim, devices)
+    feed(sim, devices, windows=3)
+    sim.run_until(T0 + 3 * WINDOW_S + 30)
+    counts = bundles_per_window(sim)
+    assert len(counts) == 6 and set(counts.values()) == {1}
+    assert sum(n.stats.certificates_published for n in sim.nodes) == 6
+    assert not any(n.stats.certificates_backup for n in sim.nodes)
+    assert not any(n._backups for n in sim.nodes)  # cancelled by the leader's bundle
+    # a copy of a window a node has settled costs it no decoding
+    node = sim.nodes[0]
+    skipped = node.stats.certificates_skipped
+    for payload in sim.certificates:
+        node.on_message(f"{PREFIX}/validators/0x{KEYS[1].address.hex()}/certificates",
+                        payload, sim.now)
+    assert node.stats.certificates_skipped == skipped + 6
+    assert "bad_certificate" not in node.stats.messages_dropped
+
+
+def test_a_backup_publishes_when_the_leader_crashes_right_after_signing() -> None:
+    members = [k.address for k in KEYS]
+    crashed: list[int] = []
+
+    def leader_signed(i: int, message: Outbound) -> bool:
+        if crashed or not message.topic.endswith("/agreement"):
+            return False
+        decoded, _ = decode_message(message.payload)
+        if not isinstance(decoded, Sign):
+            return False
+        att = Attestation.from_wire(decoded.attestation)
+        if leader(members, att.id, 0) != KEYS[i].address:
+            return False
+        crashed.append(i)
+        return True
+
+    sim = SimNet(nodes(), crash_after=leader_signed)
+    devices = [Device("meter-1")]
+    start(sim, devices)
+    feed(sim, devices, windows=3)
+    sim.run_until(T0 + 3 * WINDOW_S + 60)
+    assert crashed
+    certs = certified(sim)
+    assert len(certs) == 3 and all(len(v) == 1 for v in certs.values())
+    check_all(sim, devices)
+    counts = bundles_per_window(sim)
+    live = [n for i, n in enumerate(sim.nodes) if i not in crashed]
+    assert sum(n.stats.certificates_backup for n in live) >= 1  # the crashed leader's window
+    assert sum(counts.values()) <= 3 + 2  # at most the three live backups for that one
+    assert not any(n._backups for n in live)
+
+
+# --- overload: late, not lost --------------------------------------------------------------
+
+
+def runner_for(node: ValidatorNode, clock: list[float]) -> object:
+    from pathlib import Path
+
+    from validator.app import ValidatorRunner
+    from validator.config import ValidatorConfig
+    return ValidatorRunner(ValidatorConfig(network_file=Path("unused.toml")), node, PREFIX,
+                           clock=lambda: clock[0])
+
+
+def drain(runner: object, node: ValidatorNode, clock: list[float]) -> list[Outbound]:
+    """Run the runner's steps until it has nothing to do at the clock's time."""
+    import time
+    for _ in range(10_000):
+        wait = runner.step()  # type: ignore[attr-defined]
+        if wait is None:
+            continue
+        deadline = node.next_deadline()
+        if not runner._inbox and (deadline is None or deadline > clock[0]):  # type: ignore[attr-defined]
+            break
+        time.sleep(min(wait, 0.02))
+    out = list(runner._outbox)  # type: ignore[attr-defined]
+    runner._outbox.clear()  # type: ignore[attr-defined]
+    return out
+
+
+def own_have(out: list[Outbound]) -> Have:
+    for item in out:
+        if item.topic.endswith("/agreement"):
+            message, _ = decode_message(item.payload)
+            if isinstance(message, SignedHave):
+                return message.have
+    raise AssertionError("no have sent")
+
+
+@pytest.mark.parametrize("behind_s", [3.0, 60.0])
+def test_a_node_behind_attests_what_arrived_before_the_window_was_due(behind_s: float) -> None:
+    """Readings that arrived before the window was due are in its have, even if the node
+    only gets to them after it is due, unless it is more than MAX_DEFER_S behind."""
+    from validator.app import MAX_DEFER_S
+    node = nodes()[0]
+    clock = [float(T0)]
+    runner = runner_for(node, clock)
+    device = Device("meter-1")
+    runner.received(registry_topic(device.name, PREFIX), device.record())  # type: ignore[attr-defined]
+    drain(runner, node, clock)
+    topic = device_topic(device.name, "readings", PREFIX)
+    clock[0] = T0 + 1
+    runner.received(topic, encode_batch([device.read(T0 + 0.5)]))  # type: ignore[attr-defined]
+    assert drain(runner, node, clock) == []  # processed at once: the window is open
+    for j in range(1, 5):  # these arrive in time, but the node is busy and not at them yet
+        runner.received(topic, encode_batch([device.read(T0 + j + 0.5)]), T0 + j + 1)  # type: ignore[attr-defined]
+    due = T0 + WINDOW_S + node.grace_s
+    clock[0] = due + behind_s  # ... until after the window is due
+    import time
+    time.sleep(0.02)  # (the runner ticks at most every MIN_TICK_GAP_S)
+    have = own_have(drain(runner, node, clock))
+    if behind_s < MAX_DEFER_S:
+        assert [seq for seq, _ in have.leaves] == [0, 1, 2, 3, 4]  # late, not lost
+    else:
+        assert [seq for seq, _ in have.leaves] == [0]  # liveness first: the tick waits
+    assert node.stats.readings_accepted == 5  # MAX_DEFER_S for older messages, no longer
