@@ -202,6 +202,12 @@ class _NodeCollector(Collector):
                       s.attestations_signed)
         yield counter("certificates", "Quorum certificates this node assembled",
                       s.certificates)
+        yield counter("certificates_published", "Certified windows this node published "
+                      "(as the round's leader, or as a backup)", s.certificates_published)
+        yield counter("certificates_backup", "Certified windows published as a backup: the "
+                      "leader's did not appear in time", s.certificates_backup)
+        yield counter("certificates_skipped", "Peers' certified windows for settled windows, "
+                      "not decoded", s.certificates_skipped)
         yield counter("rounds_timed_out", "Agreement rounds that timed out", s.rounds_timed_out)
         yield by_label("peer_messages_dropped", "Bad peer messages dropped, by reason",
                        "reason", _copy(lambda: dict(s.messages_dropped)))
