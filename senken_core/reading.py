@@ -12,6 +12,7 @@ durably before signing so it is never reused, even after a crash or power cut.
 
 from __future__ import annotations
 
+import operator
 import re
 import struct
 from array import array
@@ -241,8 +242,19 @@ def _decode_fields(body: bytes) -> _Fields | None:
     return device, seq, ts_ms, kind, counter, device_ms, pairs, model, ppm, since
 
 
-# kind name -> (the kind, its channel names in canonical order, the kind's order as indexes)
-_KIND_ORDER: dict[str, tuple[SensorKind, tuple[str, ...], tuple[int, ...]]] = {}
+# kind name -> (the kind, its channel names in canonical order, the kind's order as indexes,
+# a function that puts pairs in canonical order into the kind's order)
+_KIND_ORDER: dict[str, tuple[SensorKind, tuple[str, ...], tuple[int, ...],
+                             Callable[[tuple[tuple[str, int], ...]],
+                                      tuple[tuple[str, int], ...]]]] = {}
+_first = operator.itemgetter(0)
+
+
+def _reorder(order: tuple[int, ...]) -> Callable[[tuple[tuple[str, int], ...]],
+                                                   tuple[tuple[str, int], ...]]:
+    if len(order) >= 2:
+        return operator.itemgetter(*order)  # a tuple, in C
+    return lambda pairs: tuple([pairs[i] for i in order])
 
 
 def _in_kind_order(kind_name: str, pairs: tuple[tuple[str, int], ...]
@@ -257,15 +269,15 @@ def _in_kind_order(kind_name: str, pairs: tuple[tuple[str, int], ...]
         names = kind.channel_names
         canonical_names = tuple(name for _, name in sorted((canonical.encode(n), n)
                                                            for n in set(names)))
-        cached = (kind, canonical_names, tuple(canonical_names.index(n) for n in names))
+        order = tuple(canonical_names.index(n) for n in names)
+        cached = (kind, canonical_names, order, _reorder(order))
         _KIND_ORDER[kind_name] = cached
-    _, canonical_names, order = cached
+    canonical_names, reorder = cached[1], cached[3]
     # the body's channel names are distinct and in canonical order: the same set as the
     # kind's exactly when they are the kind's names in canonical order
-    if len(pairs) != len(canonical_names) or \
-            tuple([name for name, _ in pairs]) != canonical_names:
+    if len(pairs) != len(canonical_names) or tuple(map(_first, pairs)) != canonical_names:
         return pairs
-    return tuple([pairs[i] for i in order])
+    return reorder(pairs)
 
 
 @dataclass(frozen=True, slots=True)

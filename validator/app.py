@@ -23,6 +23,9 @@ once every message that arrived before ``t`` has been fed: a node that is behind
 window late, with every reading that reached it before the window was due, rather than on
 time without them. Its lag is bounded: the node's time never trails the clock by more than
 ``MAX_DEFER_S``, so ticks (and rounds, and liveness) are deferred a few seconds at most.
+Before each step the worker reads whatever waits in the socket (``_pump``): paho alone reads
+about one packet per readable event, so a busy node's backlog would wait in the kernel,
+unstamped, and peers' messages would look seconds later than they arrived.
     [supervisor] connect → publish status "online" (retained) → subscribe node.subscriptions()
        → run receiver + publisher until the link drops (→ backoff 2^n, capped, jittered;
        reconnect, resubscribe) or SIGTERM/SIGINT (→ flush the outbox ≤ 3 s, publish
@@ -55,6 +58,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import ssl
 import time
@@ -95,6 +99,7 @@ log = logging.getLogger(__name__)
 TICK_EVERY_S = 0.5  # the node's timers are looked at least this often
 MAX_DEFER_S = 5.0  # a tick waits for older messages to be processed at most this long
 MIN_TICK_GAP_S = 0.01  # a deadline that stays in the past cannot make the timer spin
+PUMP_MAX = 1000  # packets read from the socket per step at most (see _pump)
 OUTBOX_MAX = 100_000
 INFLIGHT_MAX = 64
 PUBLISH_TIMEOUT_S = 10.0
@@ -232,6 +237,7 @@ class ValidatorRunner:
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()  # outbox empty and nothing in flight
         self._link_lost = asyncio.Event()  # a publish found the link down
+        self._paho: paho.Client | None = None  # the connection's client while it is up
 
     # -- the node, fed inline ------------------------------------------------------------
 
@@ -273,10 +279,31 @@ class ValidatorRunner:
             t = min(now, max(self._inbox[0][0], now - MAX_DEFER_S))
         return max(t, self._node_now)
 
+    def _pump(self) -> None:
+        """Read what waits in the socket into the inbox, stamped now. paho reads about one
+        packet per readable event and the worker yields once per message, so without this
+        a busy node's backlog waits in the kernel (and the broker), unstamped, while its
+        clock runs on: peers' haves, proposals and signatures would look seconds later than
+        they arrived, and rounds time out. Never raises."""
+        client = self._paho
+        if client is None:
+            return
+        try:
+            sock = client.socket()
+            for _ in range(PUMP_MAX):
+                if sock is None or not select.select([sock], [], [], 0)[0]:
+                    return
+                if client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                    return  # the link is going: aiomqtt's own reader sees it too
+                sock = client.socket()
+        except (OSError, ValueError):
+            return
+
     def step(self) -> float | None:
         """Do the next thing the node needs: a tick that is due at the node's time, else the
         oldest message. Returns None when it did something, else how long to wait (s) at most
         before the next tick. Never raises."""
+        self._pump()
         now = self.clock()
         t = self.node_time(now)
         deadline = self._deadline()
@@ -453,6 +480,7 @@ class ValidatorRunner:
             # asyncio.wait per message (aiomqtt's iterator); aiomqtt only queues them
             inner.on_message = self._on_paho_message
         async with client:
+            self._paho = inner if isinstance(inner, paho.Client) else None
             self.state.connected = True
             self.state.connections += 1
             log.info("connected to %s:%d as %s", self.cfg.mqtt.host, self.cfg.mqtt.port,
@@ -473,6 +501,7 @@ class ValidatorRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._drained.wait(), STOP_FLUSH_S)
             finally:
+                self._paho = None
                 for task in (*tasks, *self._inflight):
                     task.cancel()
                 await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
@@ -507,6 +536,7 @@ class ValidatorRunner:
                     problem = ""
                 finally:
                     self.state.connected = False
+                    self._paho = None
                 if stop.is_set():
                     break
                 if time.monotonic() - started >= STABLE_SESSION_S:

@@ -65,6 +65,9 @@ class StatsLike(Protocol):
     rejected: dict[str, int]
     attestations_signed: int
     certificates: int
+    certificates_published: int
+    certificates_backup: int
+    certificates_skipped: int
     quorum_latency_s: list[float]
     rounds_timed_out: int
     messages_dropped: dict[str, int]

@@ -13,7 +13,7 @@ a simulated network and clock (tests/unit/test_validator_agreement.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from senken_core import canonical
@@ -118,7 +118,10 @@ class _Agreement:
     id: bytes
     terms: ProjectConfig
     round: int = 0
-    round_started: float = 0.0
+    round_started: float = 0.0  # when this node entered the round (the leader's collect_s)
+    timer_from: float = 0.0  # the round's timeout runs from here (see _deadline)
+    spread: float | None = None  # own have -> k haves held: how late peers' haves come
+    timer_round: int = -1  # the round whose proposal restarted the timer (once a round)
     due_at: float | None = None  # when this node's own have went out
     mine: SignedHave | None = None
     haves: dict[bytes, SignedHave] = field(default_factory=dict)
@@ -135,6 +138,8 @@ class _RegistryView:
 
     def __init__(self, registry: DeviceRegistry, projects: dict[str, ProjectConfig]) -> None:
         self.registry, self.projects = registry, projects
+        # device -> (its record, its project, the view of them): rebuilt when either changes
+        self._views: dict[str, tuple[object, object, RegisteredDevice]] = {}
 
     def lookup(self, device: str) -> RegisteredDevice | None:
         record = self.registry.lookup(device)
@@ -143,8 +148,13 @@ class _RegistryView:
         project = self.projects.get(record.project)
         if project is None:
             return None
-        return RegisteredDevice(device, record.project, record.public_key, record.kind,
+        cached = self._views.get(device)
+        if cached is not None and cached[0] is record and cached[1] is project:
+            return cached[2]
+        view = RegisteredDevice(device, record.project, record.public_key, record.kind,
                                 project.model_hash, record.revoked)
+        self._views[device] = (record, project, view)
+        return view
 
 
 class ValidatorNode:
@@ -241,10 +251,10 @@ class ValidatorNode:
         for key, ag in list(self._agreements.items()):
             if ag.mine is None and now >= self._window_end(key) + self.grace_s:
                 self._close(key, out)  # peers are attesting a window this node saw nothing of
-            if ag.mine is not None and now >= ag.round_started + self._timeout(ag.round):
+            if ag.mine is not None and now >= self._deadline(ag):
                 self.stats.rounds_timed_out += 1
                 ag.round += 1
-                ag.round_started = now
+                ag.round_started = ag.timer_from = now
                 out.append(Outbound(self._agreement_topic, ag.mine.envelope))
             self._lead(key, ag, out)
         for device, since in list(self._pending_since.items()):
@@ -265,7 +275,7 @@ class ValidatorNode:
             if ag.mine is None:
                 times.append(self._window_end(key) + self.grace_s)
                 continue
-            times.append(ag.round_started + self._timeout(ag.round))
+            times.append(self._deadline(ag))
             collect = ag.round_started + self.collect_s
             if ag.proposed_round < ag.round and collect > self._now and self._is_leader(ag):
                 times.append(collect)
@@ -285,8 +295,17 @@ class ValidatorNode:
             return
         # one call for the batch: the model re-runs once over its readings, in order
         verdicts = self.verifier.verify_batch(device, [(r.body, r.signature) for r in batch])
+        stats = self.stats
+        keep = self._keep
+        accepted = 0
         for signed, verdict in zip(batch, verdicts, strict=True):
-            self._handle(device, signed, verdict)
+            if verdict.status == "accepted":  # the common case, as _handle does it
+                accepted += 1
+                keep(verdict.reading, signed)  # type: ignore[arg-type]
+            else:
+                self._handle(device, signed, verdict)
+        stats.readings_verified += accepted
+        stats.readings_accepted += accepted
         self._after_readings(device, out)
 
     def _ingest(self, topic_device: str, signed: SignedReading) -> str:
@@ -327,16 +346,17 @@ class ValidatorNode:
     def _keep(self, reading: Reading, signed: SignedReading) -> None:
         leaf = leaf_hash(signed.body)
         device = reading.device
+        seq = reading.seq
         store = self._store.get(device)
         if store is None:
             store = self._store[device] = OrderedDict()
-        store[reading.seq] = _Held(reading, signed, leaf)
+        store[seq] = _Held(reading, signed, leaf)
         if len(store) > self.history:
             store.popitem(last=False)
         window = self._current.get(device)  # most readings go where the previous one went
         if window is not None and window.open \
                 and reading.ts_ms // 1000 // window.seconds * window.seconds == window.start:
-            window.leaves[reading.seq] = leaf
+            window.leaves[seq] = leaf
             return
         entry = self.registry.lookup(device)
         if entry is None:
@@ -415,6 +435,30 @@ class ValidatorNode:
     def _timeout(self, round_: int) -> float:
         return self.round_timeout_s * min(1 << min(round_, 3), 8)
 
+    def _deadline(self, ag: _Agreement) -> float:
+        """When the current round times out at this node. Until it holds k haves (its own
+        among them) no leader can propose: the capped timeout (only to re-broadcast haves).
+        From then on the round's timeout plus twice ``spread``, how long after its own have
+        the k-th arrived (peers that are that far behind are as late again with the proposal
+        and with their signatures), counted from the k-th have and again from the round's
+        proposal; never more than the capped timeout."""
+        cap = self._timeout(3)
+        if ag.spread is None:
+            return ag.timer_from + cap
+        return ag.timer_from + min(self._timeout(ag.round) + 2 * ag.spread, cap)
+
+    def _progress(self, ag: _Agreement) -> None:
+        """Restart the round's timer on progress, a bounded number of times: once when this
+        node first holds k haves (its own among them), once per round at its proposal."""
+        if ag.spread is None and ag.mine is not None and \
+                len(ag.haves) >= self.validators.threshold:
+            ag.spread = 0.0 if ag.due_at is None else max(0.0, self._now - ag.due_at)
+            ag.timer_from = max(ag.timer_from, self._now)
+        if ag.proposal is not None and ag.proposal.round == ag.round \
+                and ag.timer_round < ag.round:
+            ag.timer_round = ag.round
+            ag.timer_from = max(ag.timer_from, self._now)
+
     def _agreement(self, key: WindowKey) -> _Agreement | None:
         ag = self._agreements.get(key)
         if ag is None and key not in self._done:
@@ -425,7 +469,7 @@ class ValidatorNode:
                 "project": key.project, "device": key.device, "windowStart": key.window_start,
                 "windowSeconds": terms.window_seconds,
                 "methodologyVersion": terms.methodology_version})
-            ag = _Agreement(wid, terms, round_started=self._now)
+            ag = _Agreement(wid, terms, round_started=self._now, timer_from=self._now)
             self._agreements[key] = ag
         return ag
 
@@ -445,7 +489,8 @@ class ValidatorNode:
         ag.haves[self.address] = ag.mine
         ag.due_at = self._now
         if not ag.haves.keys() - {self.address} and ag.proposal is None:
-            ag.round_started = self._now
+            ag.round_started = ag.timer_from = self._now
+        self._progress(ag)
         out.append(Outbound(self._agreement_topic, ag.mine.envelope))
         self._lead(key, ag, out)
         self._try_sign(key, ag, out)
@@ -453,9 +498,11 @@ class ValidatorNode:
     def _device_store(self, device: str) -> OrderedDict[int, _Held]:
         return self._store.get(device) or OrderedDict()
 
-    def _holds(self, device: str, seq: int, leaf: bytes) -> bool:
-        held = self._device_store(device).get(seq)
-        return held is not None and held.leaf == leaf
+    def _lacking(self, device: str, leaves: Iterable[tuple[int, bytes]]) -> list[int]:
+        """The seqs of ``leaves`` this node does not hold with that leaf hash (a have's
+        thousands of leaves at once)."""
+        get = self._device_store(device).get
+        return [s for s, leaf in leaves if (held := get(s)) is None or held.leaf != leaf]
 
     def _lead(self, key: WindowKey, ag: _Agreement, out: list[Outbound]) -> None:
         if ag.mine is None or ag.proposed_round >= ag.round or not self._is_leader(ag):
@@ -464,7 +511,7 @@ class ValidatorNode:
         lacking: list[tuple[SignedHave, list[int]]] = []
         for signer in sorted(ag.haves):
             have = ag.haves[signer]
-            missing = [s for s, leaf in have.have.leaves if not self._holds(key.device, s, leaf)]
+            missing = self._lacking(key.device, have.have.leaves)
             (lacking if missing else complete).append((have, missing))
         k, n = self.validators.threshold, len(self.members)
         if len(complete) < k:
@@ -491,6 +538,7 @@ class ValidatorNode:
         ag.proposed_round = ag.round
         out.append(Outbound(self._agreement_topic, seal(self.key, proposal.encode())))
         ag.proposal = proposal
+        self._progress(ag)
         self._try_sign(key, ag, out)
 
     def _on_agreement(self, sender: bytes, payload: bytes, out: list[Outbound]) -> None:
@@ -507,6 +555,7 @@ class ValidatorNode:
             ag = self._agreement(key)
             if ag is not None:
                 ag.haves[sender] = message
+                self._progress(ag)
                 if ag.mine is None and self._now >= self._window_end(key) + self.grace_s:
                     self._close(key, out)  # a window this node saw nothing of, or is late on
                 self._lead(key, ag, out)
@@ -552,9 +601,11 @@ class ValidatorNode:
             return
         if proposal.round > ag.round:
             ag.round, ag.round_started = proposal.round, self._now
+            ag.timer_from = self._now
         for have in proposal.haves:
             ag.haves.setdefault(have.signer, have)
         ag.proposal = proposal
+        self._progress(ag)
         if ag.mine is None and self._now >= self._window_end(key) + self.grace_s:
             self._close(key, out)
         for signed in (*proposal.readings, *(() if proposal.boundary is None
@@ -572,7 +623,7 @@ class ValidatorNode:
         if proposal.boundary is not None:
             wanted.append((Reading.from_canonical(proposal.boundary.body).seq,
                            leaf_hash(proposal.boundary.body)))
-        missing = [s for s, leaf in wanted if not self._holds(key.device, s, leaf)]
+        missing = self._lacking(key.device, wanted)
         if missing:
             if ag.fetch_round < proposal.round:
                 ag.fetch_round = proposal.round

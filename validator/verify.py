@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from typing import Protocol
 from senken_core.errors import EncodingError, SignatureError
 from senken_core.keys import READING_TAG, verify_signature
 from senken_core.reading import Reading
-from senken_core.sensors import SENSOR_KINDS
+from senken_core.sensors import SENSOR_KINDS, SensorKind
 
 __all__ = ["ReadingVerifier", "Reason", "RegisteredDevice", "Registry", "Scorer", "Verdict"]
 
@@ -85,6 +86,22 @@ def _signed_digest(public_key: bytes, body: bytes, signature: bytes) -> bytes:
 
 
 _CHANNELS = {name: kind.channel_names for name, kind in SENSOR_KINDS.items()}
+_first = operator.itemgetter(0)
+
+# kind name -> (the kind, (minimum, maximum) per channel in order, (index, name) of its
+# cumulative channels): what _plausibility and _accept look at, flattened once per kind
+_Checks = tuple[SensorKind, tuple[tuple[int, int], ...], tuple[tuple[int, str], ...]]
+_KIND_CHECKS: dict[str, _Checks] = {}
+
+
+def _checks(kind_name: str) -> _Checks:
+    kind = SENSOR_KINDS[kind_name]
+    cached = _KIND_CHECKS.get(kind_name)
+    if cached is None or cached[0] is not kind:
+        cached = (kind, tuple((c.minimum, c.maximum) for c in kind.channels),
+                  tuple((i, c.name) for i, c in enumerate(kind.channels) if c.cumulative))
+        _KIND_CHECKS[kind_name] = cached
+    return cached
 
 
 class Reason(StrEnum):
@@ -230,34 +247,43 @@ class ReadingVerifier:
                 verdicts[i] = self._scored(r, queued_state, ppm)
             queue.clear()
 
+        history = self.history
+        admit = self._admit
         for i, (body, signature) in enumerate(items):
-            admitted = self._admit(topic_device, body, signature)
+            admitted = admit(topic_device, body, signature)
             if isinstance(admitted, Verdict):
                 verdicts[i] = admitted
                 continue
             reading, state, digest = admitted
+            seq = reading.seq
             if queue and (state is not queued_state or  # (never: one topic, one device)
-                          reading.seq <= queued_max - self.history or
+                          seq <= queued_max - history or
                           reading.scored_since_seq != state.scored_since):
                 flush()  # the verdict below may depend on the queue's outcome: settle it
-            if reading.seq <= state.highest_seq - self.history:
+            if seq <= state.highest_seq - history:
                 verdicts[i] = self._replayed(reading)
                 continue
-            pending = self._ready_to_score(reading, state)
-            if pending is not None:
-                verdicts[i] = pending
-                continue
+            if (seq != state.next_to_score or state.scorer is None
+                    or reading.scored_since_seq != state.scored_since):
+                pending = self._ready_to_score(reading, state)
+                if pending is not None:
+                    verdicts[i] = pending
+                    continue
             kind = SENSOR_KINDS.get(reading.kind)
             if kind is None or len(kind.channels) != len(reading.values):
                 if queue:
                     flush()
                 verdicts[i] = self.verify(topic_device, body, signature)  # (it may raise)
                 continue
-            state.next_to_score = reading.seq + 1
-            self._remember(state, reading.seq, digest)
+            state.next_to_score = seq + 1
+            seen = state.seen
+            seen[seq] = digest
+            if len(seen) > history:
+                self._remember(state, seq, digest)  # (trims)
             queue.append((i, reading))
             queued_state = state
-            queued_max = reading.seq if len(queue) == 1 else max(queued_max, reading.seq)
+            if seq > queued_max or len(queue) == 1:
+                queued_max = seq
         if queue:
             flush()
         done = [v for v in verdicts if v is not None]
@@ -288,7 +314,7 @@ class ReadingVerifier:
             return self._reject(reading, Reason.WRONG_KIND,
                                 f"registered {entry.kind}, reading says {reading.kind}")
         channels = _CHANNELS.get(entry.kind, ())
-        if tuple(name for name, _ in reading.values) != channels:
+        if tuple(map(_first, reading.values)) != channels:
             # a validly signed body whose channels are not its kind's (a device key holder
             # could send one): refused here, before the model or the range checks see it
             return self._reject(reading, Reason.MALFORMED,
@@ -322,15 +348,35 @@ class ReadingVerifier:
 
     def _after_score(self, reading: Reading, state: _DeviceState) -> Verdict:
         now_ms = int(self.clock() * 1000)
-        if reading.ts_ms < now_ms - self.max_age_ms:
-            return self._reject(reading, Reason.STALE, f"read {now_ms - reading.ts_ms} ms ago")
-        if reading.ts_ms > now_ms + self.max_skew_ms:
+        ts_ms = reading.ts_ms
+        if ts_ms < now_ms - self.max_age_ms:
+            return self._reject(reading, Reason.STALE, f"read {now_ms - ts_ms} ms ago")
+        if ts_ms > now_ms + self.max_skew_ms:
             return self._reject(reading, Reason.FUTURE,
-                                f"{reading.ts_ms - now_ms} ms ahead of this validator")
-        problem = self._plausibility(reading, state)
-        if problem is not None:
-            return self._reject(reading, *problem)
-        return self._accept(reading, state)
+                                f"{ts_ms - now_ms} ms ahead of this validator")
+        # the common case in one pass over precomputed bounds; any doubt: the full checks
+        _, bounds, cumulative = _checks(reading.kind)
+        values = reading.values
+        seq = reading.seq
+        register = state.register
+        for (low, high), (_, value) in zip(bounds, values, strict=True):
+            if not low <= value <= high:
+                return self._reject(reading, *self._plausibility(reading, state))  # type: ignore[misc]
+        for i, name in cumulative:
+            before = register.get(name)
+            value = values[i][1]
+            if before is not None and before[0] < seq and value < before[1]:
+                return self._reject(reading, *self._plausibility(reading, state))  # type: ignore[misc]
+        # accepted: the gap before it, the highest seq, the cumulative registers
+        highest = state.highest_seq
+        gap = max(0, seq - highest - 1) if highest >= 0 else 0
+        if seq > highest:
+            state.highest_seq = seq
+        for i, name in cumulative:
+            before = register.get(name)
+            if before is None or before[0] < seq:
+                register[name] = (seq, values[i][1])
+        return Verdict("accepted", reading, None, "", gap)
 
     def replay_needs(self, reading: Reading) -> int:
         """For a ``pending`` reading: the first sequence number this verifier must see before
@@ -376,13 +422,3 @@ class ReadingVerifier:
             return Verdict("pending", reading, None,
                            f"needs seq {state.next_to_score}.. to re-run the model")
         return None
-
-    def _accept(self, reading: Reading, state: _DeviceState) -> Verdict:
-        gap = max(0, reading.seq - state.highest_seq - 1) if state.highest_seq >= 0 else 0
-        state.highest_seq = max(state.highest_seq, reading.seq)
-        kind = SENSOR_KINDS[reading.kind]
-        for channel, (_, value) in zip(kind.channels, reading.values, strict=True):
-            before = state.register.get(channel.name)
-            if channel.cumulative and (before is None or before[0] < reading.seq):
-                state.register[channel.name] = (reading.seq, value)
-        return Verdict("accepted", reading, gap=gap)

@@ -74,6 +74,10 @@ class SimNet:
     # what it wanted to send is lost with it)
     crash_after: Callable[[int, Outbound], bool] = lambda i, m: False
     certificates: list[bytes] = field(default_factory=list)  # every certified window published
+    # node i's messages reach the others this many seconds after it sent them (a validator
+    # that is behind: it sends at the arrival time it has got to)
+    lag: dict[int, float] = field(default_factory=dict)
+    _later: list[tuple[float, str, bytes, int]] = field(default_factory=list)
     _inbox: list[list[tuple[str, bytes]]] = field(default_factory=list)
     _held: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)
     _steps: int = 0
@@ -81,7 +85,11 @@ class SimNet:
     def __post_init__(self) -> None:
         self._inbox = [[] for _ in self.nodes]
 
-    def publish(self, topic: str, payload: bytes, sender: int | None = None) -> None:
+    def publish(self, topic: str, payload: bytes, sender: int | None = None,
+                lagged: bool = False) -> None:
+        if sender is not None and not lagged and self.lag.get(sender):
+            self._later.append((self.now + self.lag[sender], topic, payload, sender))
+            return
         if "/certificates" in topic:
             self.certificates.append(payload)
         for i in range(len(self.nodes)):
@@ -116,8 +124,15 @@ class SimNet:
                 self.crash(i)
                 return
 
+    def _release(self) -> None:
+        due = [m for m in self._later if m[0] <= self.now]
+        self._later = [m for m in self._later if m[0] > self.now]
+        for _at, topic, payload, sender in due:
+            self.publish(topic, payload, sender, lagged=True)
+
     def deliver(self, max_steps: int = 1_000_000) -> None:
         """Deliver until every inbox is empty."""
+        self._release()
         steps = 0
         while any(self._inbox[i] for i in range(len(self.nodes)) if i not in self.down):
             for i, node in enumerate(self.nodes):
@@ -139,6 +154,7 @@ class SimNet:
             self.deliver()
             deadlines = [d for i, n in enumerate(self.nodes)
                          if i not in self.down and (d := n.next_deadline()) is not None]
+            deadlines.extend(at for at, *_ in self._later)
             nxt = min(deadlines, default=float("inf"))
             assert nxt > self.now or nxt > t or ticked_at != self.now or self._steps, \
                 f"a node asks to be ticked at {nxt} again after a tick at {self.now}"

@@ -540,3 +540,19 @@ def test_a_node_behind_attests_what_arrived_before_the_window_was_due(behind_s: 
     else:
         assert [seq for seq, _ in have.leaves] == [0]  # liveness first: the tick waits
     assert node.stats.readings_accepted == 5  # MAX_DEFER_S for older messages, no longer
+
+
+@pytest.mark.parametrize("lag_s", [0.0, 1.5, 3.0, 5.0])
+def test_peers_that_are_behind_do_not_time_rounds_out(lag_s: float) -> None:
+    """Every validator's messages reach the others ``lag_s`` after the window is due (they
+    are behind, longer than a round's timeout): the round waits for the k-th have and then
+    for the proposal, so round 0 certifies every window and no round times out."""
+    sim = SimNet(nodes(), lag={i: lag_s for i in range(4)})
+    devices = [Device("pv-a"), Device("pv-b")]
+    start(sim, devices)
+    feed(sim, devices, windows=3)
+    sim.run_until(T0 + 3 * WINDOW_S + 2.0 + 8 * lag_s + 4 * 2.0)
+    assert [n.stats.rounds_timed_out for n in sim.nodes] == [0, 0, 0, 0]
+    assert all(len(v) == 1 for v in certified(sim).values())
+    assert len(certified(sim)) == 3 * len(devices)
+    check_all(sim, devices)
