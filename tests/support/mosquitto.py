@@ -20,7 +20,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -73,7 +73,7 @@ class Mosquitto:
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: _port_open(self.port) or self.proc.poll() is not None, 10,
+        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, 10,
                    f"mosquitto on port {self.port}")
         if self.proc.poll() is not None:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
@@ -89,4 +89,4 @@ class Mosquitto:
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
-        wait_until(lambda: not _port_open(self.port), 10, "mosquitto to release its port")
+        wait_until(lambda: not port_open(self.port), 10, "mosquitto to release its port")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,19 +27,11 @@ from typing import Any
 import pytest
 
 from ledger.timeseries import VICTORIA_METRICS_FLAGS
-from tests.support.mosquitto import free_port
+from tests.support.mosquitto import port_open, free_port
 from tests.support.waiting import wait_until
 
 BINARY = "victoria-metrics"
 _HTTP_TIMEOUT_S = 10.0
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class VictoriaMetrics:
@@ -84,7 +75,7 @@ class VictoriaMetrics:
         self.proc.send_signal(sig)
         self.proc.wait(timeout=20)
         self.proc = None
-        wait_until(lambda: not _port_open(self.port), 10,
+        wait_until(lambda: not port_open(self.port), 10,
                    "victoria-metrics to release its port")
 
     def _healthy(self) -> bool:
