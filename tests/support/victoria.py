@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from ledger.timeseries import VICTORIA_METRICS_FLAGS
-from tests.support.mosquitto import port_open, free_port
+from tests.support.mosquitto import free_port, port_open
 from tests.support.waiting import wait_until
 
 BINARY = "victoria-metrics"
