@@ -55,7 +55,6 @@ import pstats
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -91,7 +90,9 @@ from senken_core.registry import DeviceRecord
 from senken_core.secp256k1 import ValidatorKey
 from senken_core.sensors import sensor_kind
 from senken_core.topics import device_topic, registry_topic, validator_topic
+from tests.support.mosquitto import free_port, port_open
 from tests.support.validator import ValidatorProcess, write_network
+from tests.support.waiting import wait_until as wait_for
 
 N_VALIDATORS, THRESHOLD = 4, 3
 PROJECT = "bench-plant"
@@ -101,29 +102,6 @@ GRID_EF = 700
 
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        pause.wait(0.05)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from senken_core.keys import DeviceKey
+from tests.support.process import ServiceProcess
 from tests.support.waiting import wait_until
 
 
@@ -39,12 +39,9 @@ def make_device(state_dir: Path, device_id: str, port: str, broker_port: int, pr
     return path, key.public_key
 
 
-class AgentProcess:
+class AgentProcess(ServiceProcess):
     def __init__(self, config: Path) -> None:
-        self.config = config
-        self.state_dir = config.parent
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = self.state_dir / "agent.log"
+        super().__init__(config, "agent.log")
 
     def start(self) -> AgentProcess:
         assert self.proc is None
@@ -57,30 +54,6 @@ class AgentProcess:
                    self.proc.poll() is not None, 30, "the agent to start")  # type: ignore[union-attr]
         assert self.proc.poll() is None, self.log.read_text()
         return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        """Make sure the process is gone (test teardown)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-            self.proc = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.state_dir / "status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
 
     def outbox_depth(self) -> int:
         path = self.state_dir / "outbox.db"

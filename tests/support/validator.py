@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from senken_core.secp256k1 import ValidatorKey
+from tests.support.process import ServiceProcess
 from tests.support.waiting import wait_until
 from validator.node import NodeStats, Outbound
 
@@ -131,18 +131,15 @@ class EchoNode:
         return min((at for at, _tag in self.timers), default=None)
 
 
-class ValidatorProcess:
+class ValidatorProcess(ServiceProcess):
     """``senken validator run`` (or the fake-node runner) as a real process."""
 
     def __init__(self, config: Path, fake: bool = False, inflate: bool = False) -> None:
         """``fake``: the runner around EchoNode; ``inflate``: the real node, but signing every
         attestation with ten times its quantity (a faulty validator)."""
-        self.config = config
-        self.state_dir = config.parent
+        super().__init__(config, "validator.log")
         self.fake = fake
         self.inflate = inflate
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = self.state_dir / "validator.log"
 
     def command(self) -> list[str]:
         if self.fake or self.inflate:
@@ -168,30 +165,6 @@ class ValidatorProcess:
     def wait_connected(self, connected: bool = True, timeout: float = 20) -> None:
         wait_until(lambda: (self.health() or {}).get("mqtt_connected") is connected, timeout,
                    f"the validator to be {'connected' if connected else 'disconnected'}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        """Make sure the process is gone (test teardown)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-            self.proc = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.state_dir / "status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
 
     def url(self, path: str) -> str | None:
         status = self.status()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -51,8 +50,6 @@ def test_points_come_in_whole_entries_after_the_cursor(store: LedgerStore) -> No
     assert LedgerPointSource(store).load_cursor() == 3  # durable, in the ledger database
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ledger.timeseries") is None,
-                    reason="ledger/timeseries.py is not there yet")
 def test_the_real_line_builders_make_influx_lines(store: LedgerStore) -> None:
     lines, cursor = LedgerPointSource(store).points_after(0, 100)
     assert cursor == 3 and len(lines) == 21

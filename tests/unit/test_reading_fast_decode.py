@@ -39,6 +39,8 @@ def outcome(decode: object, body: object) -> Outcome:
 
 def python_fast(body: bytes) -> Reading:
     """from_canonical as it runs without the extension."""
+    # not a stand-in for anything: switching the optional C decoder off runs the pure-Python
+    # path that machines without a compiler use, so both paths are held to the same results
     with mock.patch.object(reading_module, "_DECODE_READING", None):
         return Reading.from_canonical(body)
 

@@ -328,6 +328,7 @@ def test_native_signature_check_equals_verify_signature(
     if how in (0, 2):
         key = KEY.public_key if len(key) % 2 else key
     native = digest_outcome(key, body, signature)
+    # switch the optional native check off: the PyNaCl path a build without the C extension runs
     with mock.patch.object(verify_module, "_native_verify", lambda: None):
         fallback = digest_outcome(key, body, signature)
     assert native == fallback
@@ -345,6 +346,7 @@ def test_verify_without_the_native_check() -> None:
     rng = random.Random(3)
     items = list(TOY_ITEMS[:20])
     items[7] = items[7][0], bytes(rng.randrange(256) for _ in range(64))
+    # the PyNaCl path a build without the C extension runs (no server is involved)
     with mock.patch.object(verify_module, "_native_verify", lambda: None):
         without, _ = run_both(items, [5, 5, 10], ToyScorer, 100_000)
     with_native, _ = run_both(items, [5, 5, 10], ToyScorer, 100_000)
