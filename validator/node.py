@@ -596,7 +596,8 @@ class ValidatorNode:
         signers = [h.signer for h in proposal.haves]
         if (len(set(signers)) != len(signers) or len(signers) < self.validators.threshold
                 or any(s not in self.validators.members for s in signers)
-                or any(h.have.key != key for h in proposal.haves)):
+                or any(h.have.key != key for h in proposal.haves)
+                or not self._boundary_decodes(key, proposal)):
             self._drop("bad_proposal")
             return
         if proposal.round > ag.round:
@@ -612,6 +613,17 @@ class ValidatorNode:
                                              else (proposal.boundary,))):
             self._ingest(key.device, signed)
         self._after_readings(key.device, out)
+
+    @staticmethod
+    def _boundary_decodes(key: WindowKey, proposal: Proposal) -> bool:
+        """A proposal's boundary reading, if any, is a reading of the window's device (its
+        signature and validity are checked as any reading's, when it is ingested)."""
+        if proposal.boundary is None:
+            return True
+        try:
+            return Reading.from_canonical(proposal.boundary.body).device == key.device
+        except (EncodingError, ValueError, TypeError):
+            return False
 
     def _try_sign(self, key: WindowKey, ag: _Agreement, out: list[Outbound]) -> None:
         proposal = ag.proposal

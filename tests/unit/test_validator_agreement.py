@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from senken_core.attestation import Attestation
 from senken_core.errors import PayloadError
 from senken_core.evidence import CertifiedWindow, check_certified_window
-from senken_core.reading import encode_batch
+from senken_core.reading import SignedReading, encode_batch
 from senken_core.secp256k1 import ValidatorKey, recover_address
-from senken_core.topics import device_topic, registry_topic
+from senken_core.topics import device_topic, registry_topic, validator_topic
 from tests.support.validator_sim import PREFIX, PROJECT, T0, WINDOW_S, Device, SimNet, network
 from validator.agreement import (
     Have,
@@ -556,3 +556,35 @@ def test_peers_that_are_behind_do_not_time_rounds_out(lag_s: float) -> None:
     assert all(len(v) == 1 for v in certified(sim).values())
     assert len(certified(sim)) == 3 * len(devices)
     check_all(sim, devices)
+
+
+# --- every payload on every topic: counted and dropped, never an exception ----------------
+
+_TOPICS = [device_topic("meter-1", "readings", PREFIX), registry_topic("meter-1", PREFIX),
+           *(validator_topic(KEYS[1].address, leaf, PREFIX)
+             for leaf in ("agreement", "certificates", "status"))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.sampled_from(_TOPICS), payload=st.binary(max_size=300))
+def test_any_payload_on_any_topic_never_raises(topic: str, payload: bytes) -> None:
+    node = nodes()[0]
+    node.on_message(registry_topic("meter-1", PREFIX), Device("meter-1").record(), T0)
+    node.on_message(topic, payload, T0 + 1)
+    node.tick(T0 + 60)
+
+
+def test_a_proposal_whose_boundary_is_not_a_reading_is_dropped() -> None:
+    follower = nodes()[0]
+    key = WindowKey(PROJECT, "meter-1", T0)
+    wid = follower._agreement(key).id  # type: ignore[union-attr]
+    lead = leader(follower.members, wid, 0)
+    sender = next(k for k in KEYS if k.address == lead)
+    haves = tuple(SignedHave.open(seal(k, Have(key, (), 0).encode())) for k in KEYS[:3])
+    for boundary in (SignedReading(b"\x00garbage", bytes(64)),  # no reading at all
+                     Device("meter-2").read(T0 - 1)):  # another device's reading
+        hostile = Proposal(key, 0, haves, (), boundary)
+        before = follower.stats.messages_dropped.get("bad_proposal", 0)
+        follower.on_message(validator_topic(lead, "agreement", PREFIX),
+                            seal(sender, hostile.encode()), T0 + WINDOW_S + 3)
+        assert follower.stats.messages_dropped.get("bad_proposal", 0) == before + 1
