@@ -47,6 +47,7 @@ __all__ = [
     "ReadingEncoder",
     "SignedReading",
     "decode_batch",
+    "decode_of_kind",
     "encode_batch",
 ]
 
@@ -278,6 +279,30 @@ def _in_kind_order(kind_name: str, pairs: tuple[tuple[str, int], ...]
     if len(pairs) != len(canonical_names) or tuple(map(_first, pairs)) != canonical_names:
         return pairs
     return reorder(pairs)
+
+
+def decode_of_kind(kind_name: str, bodies: Sequence[bytes]) -> list[Reading | None]:
+    """Per body, ``Reading.from_canonical(body)`` if the fast path decodes it and its channels
+    are exactly ``kind_name``'s (a known kind), else None: the caller then decodes that body
+    with :meth:`Reading.from_canonical` for the reading or the exact error. One call for a
+    batch of one device's readings (the validator's hot path)."""
+    kind = SENSOR_KINDS.get(kind_name)
+    if kind is None or not bodies:
+        return [None] * len(bodies)
+    _in_kind_order(kind_name, ())  # fills the kind's cached order
+    _, canonical_names, _, reorder = _KIND_ORDER[kind_name]
+    decode = _DECODE_READING if _DECODE_READING is not None else _decode_fields
+    first = _first
+    new = Reading
+    out: list[Reading | None] = []
+    append = out.append
+    for body in bodies:
+        f = decode(body)
+        if f is None or f[3] != kind_name or tuple(map(first, f[6])) != canonical_names:
+            append(None)
+            continue
+        append(new(f[0], f[1], f[2], kind_name, f[4], f[5], reorder(f[6]), f[7], f[8], f[9]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from senken_core.reading import (
     Reading,
     SignedReading,
     decode_batch,
+    decode_of_kind,
     encode_batch,
 )
 from senken_core.sensors import SENSOR_KINDS
@@ -55,6 +56,18 @@ def all_paths(body: object) -> Outcome:
         assert NATIVE(body) == fields  # type: ignore[arg-type]
     if fields is not None:  # a fast path only ever accepts what the generic one accepts
         assert reference[0] == "ok"
+    # the validator's batch decoder: the same reading, or None, for every kind it is asked for
+    for kind_name, kind in SENSOR_KINDS.items():
+        [of_kind] = decode_of_kind(kind_name, [body])  # type: ignore[list-item]
+        if of_kind is not None:
+            assert reference == ("ok", of_kind)
+            assert of_kind.kind == kind_name
+            assert tuple(name for name, _ in of_kind.values) == kind.channel_names
+        elif reference[0] == "ok" and fields is not None:  # it takes what the fast path takes
+            decoded = reference[1]
+            assert isinstance(decoded, Reading)
+            assert (decoded.kind != kind_name
+                    or tuple(name for name, _ in decoded.values) != kind.channel_names)
     return reference
 
 
