@@ -14,6 +14,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <string.h>
 
 typedef int (*sign_fn)(unsigned char *sig, unsigned long long *siglen, const unsigned char *m,
@@ -637,7 +638,144 @@ static PyObject *verify_detached(PyObject *self, PyObject *const *args, Py_ssize
     return PyBytes_FromStringAndSize((const char *)msg + tag_len, DIGEST_BYTES);
 }
 
+/* ---- the anomaly model's post-processing (senken_core.anomaly.StreamScorer) ----
+
+   stream_finish is StreamScorer._finish operation for operation, in IEEE double like Python's
+   float: built with -ffp-contract=off, so no multiply-add is fused and every result rounds as
+   Python's does (property-tested against the Python code). append_windows is the window loop
+   of StreamScorer._prepare. */
+
+/* stream_finish(raw, n_lead, state, params) -> scores
+   raw: list of float (the model's raw outputs); state: list [mean, var, n_raw, index,
+   last_alarm] (float, float, int, int, int), updated in place; params: tuple (cap, thr,
+   scale, warmup, suppress, horizon) (float, float, float, int, int, int). */
+static PyObject *stream_finish(PyObject *self, PyObject *args) {
+    PyObject *raw, *state, *params;
+    Py_ssize_t n_lead;
+    if (!PyArg_ParseTuple(args, "O!nO!O!", &PyList_Type, &raw, &n_lead, &PyList_Type, &state,
+                          &PyTuple_Type, &params))
+        return NULL;
+    double cap, thr, scale;
+    long long warmup, suppress, horizon, n_raw, index, last_alarm;
+    double mean, var;
+    if (PyList_GET_SIZE(state) != 5 || n_lead < 0) {
+        PyErr_SetString(PyExc_ValueError, "state is [mean, var, n_raw, index, last_alarm]");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(params, "dddLLL", &cap, &thr, &scale, &warmup, &suppress, &horizon))
+        return NULL;
+    mean = PyFloat_AsDouble(PyList_GET_ITEM(state, 0));
+    var = PyFloat_AsDouble(PyList_GET_ITEM(state, 1));
+    n_raw = PyLong_AsLongLong(PyList_GET_ITEM(state, 2));
+    index = PyLong_AsLongLong(PyList_GET_ITEM(state, 3));
+    last_alarm = PyLong_AsLongLong(PyList_GET_ITEM(state, 4));
+    if (PyErr_Occurred()) return NULL;
+    if (horizon < 1) {
+        PyErr_SetString(PyExc_ValueError, "horizon must be at least 1");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(raw);
+    PyObject *scores = PyList_New(n_lead + n);
+    if (scores == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n_lead; i++) {
+        PyObject *zero = PyFloat_FromDouble(0.0);
+        if (zero == NULL) { Py_DECREF(scores); return NULL; }
+        PyList_SET_ITEM(scores, i, zero);
+    }
+    long long first = n_raw > 1 ? n_raw : 1;
+    double alpha = 1.0 / (double)(first < horizon ? first : horizon);
+    double capped = thr * 0.999;
+    index += n_lead;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double s = PyFloat_AsDouble(PyList_GET_ITEM(raw, i));
+        if (s == -1.0 && PyErr_Occurred()) { Py_DECREF(scores); return NULL; }
+        double f;
+        index += 1;
+        double r = s >= 1.0 ? cap : s / (1.0 - s);
+        if (r > cap) r = cap;
+        double d = r - mean;
+        if (n_raw < warmup) {
+            n_raw += 1;
+            mean += d / (double)n_raw;
+            var += (d * (r - mean) - var) / (double)n_raw;
+            f = 0.0;
+        } else {
+            if (var < 0.0) {  /* never, as Python's math.sqrt would refuse it: the same error */
+                Py_DECREF(scores);
+                PyErr_SetString(PyExc_ValueError, "math domain error");
+                return NULL;
+            }
+            double z = d / (sqrt(var) + 1e-6);
+            if (n_raw < horizon) {
+                n_raw += 1;
+                alpha = 1.0 / (double)n_raw;
+            }
+            mean += alpha * d;
+            var = (1.0 - alpha) * (var + alpha * d * d);
+            f = z > 0.0 ? z / (z + scale) : 0.0;
+            if (f >= thr) {
+                if (index - last_alarm <= suppress) f = capped;
+                else last_alarm = index;
+            }
+        }
+        PyObject *v = PyFloat_FromDouble(f);
+        if (v == NULL) { Py_DECREF(scores); return NULL; }
+        PyList_SET_ITEM(scores, n_lead + i, v);
+    }
+    PyObject *items[5] = {PyFloat_FromDouble(mean), PyFloat_FromDouble(var),
+                          PyLong_FromLongLong(n_raw), PyLong_FromLongLong(index),
+                          PyLong_FromLongLong(last_alarm)};
+    for (int k = 0; k < 5; k++) {
+        if (items[k] == NULL) {
+            for (int j = 0; j < 5; j++) Py_XDECREF(items[j]);
+            Py_DECREF(scores);
+            return NULL;
+        }
+    }
+    for (int k = 0; k < 5; k++) PyList_SetItem(state, k, items[k]);  /* steals */
+    return scores;
+}
+
+/* append_windows(out, full, first_end, w): out.extend(full[end - w + 1 : end + 1]) for end in
+   range(first_end, len(full)); out and full are array('q'). Returns the windows appended. */
+static PyObject *append_windows(PyObject *self, PyObject *args) {
+    PyObject *out, *full;
+    Py_ssize_t first_end, w;
+    if (!PyArg_ParseTuple(args, "OOnn", &out, &full, &first_end, &w)) return NULL;
+    Py_buffer src;
+    if (PyObject_GetBuffer(full, &src, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (src.itemsize != 8 || src.format == NULL || strcmp(src.format, "q") != 0 || w < 1
+            || first_end < w - 1) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "full must be array('q'), first_end >= w - 1 >= 0");
+        return NULL;
+    }
+    Py_ssize_t len = src.len / 8;
+    Py_ssize_t count = len > first_end ? len - first_end : 0;
+    if (count == 0) {
+        PyBuffer_Release(&src);
+        return PyLong_FromLong(0);
+    }
+    Py_ssize_t row = w * 8;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, count * row);
+    if (bytes == NULL) { PyBuffer_Release(&src); return NULL; }
+    char *dst = PyBytes_AS_STRING(bytes);
+    const char *base = (const char *)src.buf;
+    for (Py_ssize_t k = 0; k < count; k++)
+        memcpy(dst + k * row, base + (first_end + k - w + 1) * 8, (size_t)row);
+    PyBuffer_Release(&src);
+    PyObject *r = PyObject_CallMethod(out, "frombytes", "O", bytes);
+    Py_DECREF(bytes);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
+    {"stream_finish", stream_finish, METH_VARARGS,
+     "stream_finish(raw, n_lead, state, params) -> scores (StreamScorer._finish)"},
+    {"append_windows", append_windows, METH_VARARGS,
+     "append_windows(out, full, first_end, w) -> windows appended (StreamScorer._prepare)"},
     {"bind_verify", bind_verify, METH_VARARGS,
      "bind_verify(verify_addr, sha256_addr): crypto_sign_verify_detached, crypto_hash_sha256."},
     {"verify_detached", (PyCFunction)(void (*)(void))verify_detached, METH_FASTCALL,

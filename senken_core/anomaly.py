@@ -45,6 +45,14 @@ from senken_core.errors import ModelError
 from senken_core.litert import LiteRtModel, Signature
 from senken_core.sensors import Channel
 
+try:  # the optional C extension (setup.py): the post-processing loops, the same arithmetic
+    from senken_core import _batchsign
+except ImportError:  # pragma: no cover - the tests run with it built
+    _STREAM_FINISH = _APPEND_WINDOWS = None
+else:
+    _STREAM_FINISH = getattr(_batchsign, "stream_finish", None)
+    _APPEND_WINDOWS = getattr(_batchsign, "append_windows", None)
+
 __all__ = ["DEFAULT_MODEL_PATH", "AnomalyModel", "ModelParams", "ReadingScorer", "StreamScorer"]
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "anomaly-v2.tflite"
@@ -282,13 +290,30 @@ class StreamScorer:
         first = min(len(xs), max(0, w - 1 - n_old))
         if first >= len(xs):
             return 0, n
-        raw = memoryview(full).cast("B")
-        size = full.itemsize
-        for end in range(n_old + first, len(full)):
-            out.frombytes(raw[(end - w + 1) * size : (end + 1) * size])
+        if _APPEND_WINDOWS is not None:
+            _APPEND_WINDOWS(out, full, n_old + first, w)
+        else:
+            raw = memoryview(full).cast("B")
+            size = full.itemsize
+            for end in range(n_old + first, len(full)):
+                out.frombytes(raw[(end - w + 1) * size : (end + 1) * size])
         return len(xs) - first, lead + first
 
     def _finish(self, raw: Sequence[float], n_lead: int) -> list[float]:
+        if _STREAM_FINISH is not None and type(raw) is list:
+            state = [self._mean, self._var, self._n_raw, self._index, self._last_alarm]
+            p = self._p
+            scores: list[float] = _STREAM_FINISH(
+                raw, n_lead, state, (p.raw_cap, p.threshold, p.scale, p.warmup, p.suppress,
+                                     p.horizon))
+            mean, var, n_raw, index, last_alarm = state
+            self._mean, self._var = float(mean), float(var)
+            self._n_raw, self._index, self._last_alarm = int(n_raw), int(index), int(last_alarm)
+            return scores
+        return self._finish_python(raw, n_lead)
+
+    def _finish_python(self, raw: Sequence[float], n_lead: int) -> list[float]:
+        """:meth:`_finish` where the extension is not built (and its reference)."""
         p = self._p
         cap, thr, scale, warmup = p.raw_cap, p.threshold, p.scale, p.warmup
         suppress, horizon = p.suppress, p.horizon
