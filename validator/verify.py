@@ -245,10 +245,7 @@ class ReadingVerifier:
         def flush() -> None:
             assert queued_state is not None and queued_state.scorer is not None
             ppms = queued_state.scorer.score([[v for _, v in r.values] for _, r in queue])
-            now_ms = int(self.clock() * 1000)  # once for the run (verify: once per reading)
-            scored = self._scored
-            for (i, r), ppm in zip(queue, ppms, strict=True):
-                verdicts[i] = scored(r, queued_state, ppm, now_ms)
+            self._settle_run(queue, queued_state, ppms, verdicts)
             queue.clear()
 
         history = self.history
@@ -369,6 +366,48 @@ class ReadingVerifier:
             return self._reject(reading, Reason.SEQ_REUSED,
                                 f"seq {reading.seq} was signed before with another body")
         return reading, state, digest
+
+    def _settle_run(self, queue: list[tuple[int, Reading]], state: _DeviceState,
+                    ppms: list[int], verdicts: list[Verdict | None]) -> None:
+        """``verdicts[i] = self._scored(r, state, ppm, now_ms)`` for each queued ``(i, r)`` and
+        its ``ppm``, in order, with ``now_ms`` read once: the accepted case inline (scores
+        equal, timestamps in bounds, values in range, registers not going down), anything
+        else through :meth:`_scored` for its exact verdict."""
+        now_ms = int(self.clock() * 1000)  # once for the run (verify: once per reading)
+        oldest, newest = now_ms - self.max_age_ms, now_ms + self.max_skew_ms
+        register = state.register
+        kind_name: str | None = None
+        bounds: tuple[tuple[int, int], ...] = ()
+        cumulative: tuple[tuple[int, str], ...] = ()
+        for (i, r), ppm in zip(queue, ppms, strict=True):
+            if r.kind != kind_name:
+                kind_name = r.kind
+                _, bounds, cumulative = _checks(kind_name)
+            values, seq, ts_ms = r.values, r.seq, r.ts_ms
+            ok = ppm == r.anomaly_ppm and oldest <= ts_ms <= newest
+            if ok:
+                for (low, high), (_, value) in zip(bounds, values, strict=True):
+                    if not low <= value <= high:
+                        ok = False
+                        break
+            if ok:
+                for k, name in cumulative:
+                    before = register.get(name)
+                    if before is not None and before[0] < seq and values[k][1] < before[1]:
+                        ok = False
+                        break
+            if not ok:
+                verdicts[i] = self._scored(r, state, ppm, now_ms)
+                continue
+            highest = state.highest_seq
+            gap = seq - highest - 1 if highest >= 0 and seq > highest + 1 else 0
+            if seq > highest:
+                state.highest_seq = seq
+            for k, name in cumulative:
+                before = register.get(name)
+                if before is None or before[0] < seq:
+                    register[name] = (seq, values[k][1])
+            verdicts[i] = Verdict("accepted", r, None, "", gap)
 
     def _replayed(self, reading: Reading) -> Verdict:
         return self._reject(reading, Reason.REPLAYED,
