@@ -13,6 +13,8 @@ Endpoints (docs/ledger.md has examples)::
     GET /telemetry/{device}?since_ms=&limit=  recent counted readings
     GET /projects/{project}/summary           totals
     GET /metrics                              Prometheus text
+    GET /credits/..., /chain/events           with a chain: mints, retirements, balances,
+                                              the mint queue (ledger.credit_api)
 
 Bytes are lower-case hex in JSON. A bad parameter answers 400 ``{"error": ...}``, an unknown
 id 404, a failing database 503. Handlers are plain functions: FastAPI runs them on its thread
@@ -30,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ledger.credit_api import credit_router
+from ledger.credit_store import CreditStore
 from ledger.params import (
     ParamError,
     parse_attestation_id,
@@ -54,12 +58,17 @@ class _NotFound(Exception):
 
 def create_api(store: LedgerStore, ledger: Ledger | None = None, *,
                mqtt_status: StatusFn | None = None,
-               timeseries_status: StatusFn | None = None) -> FastAPI:
+               timeseries_status: StatusFn | None = None,
+               credits: CreditStore | None = None,
+               chain_status: StatusFn | None = None) -> FastAPI:
     """The API over ``store``; ``ledger`` (counters, the network's projects) and the status
-    callables are optional, for /health and /metrics."""
+    callables are optional, for /health and /metrics; with ``credits`` (the ledger mints)
+    the credit endpoints too."""
     queries = LedgerQueries(store)
     app = FastAPI(title="Senken ledger", version="1",
                   description="The central ledger of certified windows (docs/ledger.md).")
+    if credits is not None:
+        app.include_router(credit_router(credits, chain_status))
 
     @app.exception_handler(ParamError)
     async def _bad_param(_request: Request, exc: ParamError) -> JSONResponse:
@@ -86,6 +95,8 @@ def create_api(store: LedgerStore, ledger: Ledger | None = None, *,
             body["timeseries"] = timeseries_status()
         if ledger is not None:
             body["ledger"] = ledger.stats()
+        if chain_status is not None:
+            body["chain"] = chain_status()
         return JSONResponse(body, status_code=200 if db_ok else 503)
 
     @app.get("/log/head")

@@ -6,6 +6,7 @@
                  ─▶ Ledger (checks, appends) ◀── MqttIngest (certificates, registry records)
                  ─▶ FastAPI app ── uvicorn, in the same event loop
                  ─▶ TimeSeriesExporter (only with [timeseries] url) ◀── LedgerPointSource
+                 ─▶ MintWorker + ChainMirror (only with [chain] url) ◀── the log (ledger.chain_app)
 
 Nothing is created at import time. :meth:`LedgerApp.run` runs until its ``stop`` event is set
 or a part stops (the HTTP server on SIGINT/SIGTERM); then it stops the rest.
@@ -39,7 +40,10 @@ class LedgerApp:
     """Everything the ledger process runs. Raises ConfigError (network file) and StoreError
     (database) when built."""
 
-    def __init__(self, config: LedgerConfig, network: NetworkConfig | None = None) -> None:
+    def __init__(self, config: LedgerConfig, network: NetworkConfig | None = None, *,
+                 w3: Any = None, addresses: Any = None) -> None:
+        """``w3`` and ``addresses`` (a ``web3.Web3`` and ``ledger.deploy.Addresses``): mint
+        on a chain this process made and deployed to already (the demo's eth-tester)."""
         self.config = config
         self.network = network or load_network_config(config.network_path)
         self.store = LedgerStore.open(config.db_url)
@@ -53,9 +57,17 @@ class LedgerApp:
             self.exporter = TimeSeriesExporter(
                 LedgerPointSource(self.store), ts.url, ts.token or "", ts.org, ts.bucket,
                 batch_size=ts.batch_size, retry_max_s=ts.retry_max_s)
+        self.chain: Any = None
+        if config.chain.url:
+            from ledger.chain_app import open_chain
+
+            self.chain = open_chain(config.chain, self.network, self.store, w3=w3,
+                                    addresses=addresses)
         self.api = create_api(
             self.store, self.ledger, mqtt_status=self.ingest.status,
-            timeseries_status=self.exporter.status if self.exporter is not None else None)
+            timeseries_status=self.exporter.status if self.exporter is not None else None,
+            credits=self.chain.credits if self.chain is not None else None,
+            chain_status=self.chain.status if self.chain is not None else None)
         self._server: uvicorn.Server | None = None
 
     @property
@@ -67,7 +79,8 @@ class LedgerApp:
         return int(server.servers[0].sockets[0].getsockname()[1])
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run ingest, API and exporter until ``stop`` is set or one of them ends."""
+        """Run ingest, API, exporter, minter and event mirror until ``stop`` is set or one of
+        them ends."""
         await asyncio.to_thread(self.ledger.start)
         self._server = uvicorn.Server(uvicorn.Config(
             self.api, host=self.config.api.host, port=self.config.api.port,
@@ -75,6 +88,10 @@ class LedgerApp:
         parts: list[Coroutine[Any, Any, Any]] = [self.ingest.run(stop), self._server.serve()]
         if self.exporter is not None:
             parts.append(self.exporter.run(stop))
+        if self.chain is not None:
+            parts.append(self.chain.run_minter(stop))
+            if self.chain.mirror is not None:
+                parts.append(self.chain.mirror.run(stop))
         tasks = [asyncio.create_task(p) for p in parts]
         stopping = asyncio.create_task(stop.wait())
         try:

@@ -18,6 +18,11 @@ Example (``senken ledger init`` writes one)::
     [timeseries]            # optional: export readings to InfluxDB / VictoriaMetrics
     url = "http://127.0.0.1:8428"
 
+    [chain]                 # optional: mint every logged attestation (docs/ledger.md, Minting)
+    url = "http://127.0.0.1:8545"       # or "eth-tester": a chain inside this process
+    minter_key_file = "/etc/senken/minter.key"
+    addresses_file = "/etc/senken/addresses.json"    # senken chain deploy --out
+
 Environment: ``SENKEN_LEDGER_MQTT__HOST=...`` overrides ``[mqtt] host``;
 ``SENKEN_LEDGER_CONFIG`` names the file.
 """
@@ -31,8 +36,8 @@ from typing import Any, Literal
 
 from senken_core.config import build, load_config, setting
 
-__all__ = ["DEFAULT_STATE_DIR", "ApiConfig", "LedgerConfig", "MqttConfig", "TimeseriesConfig",
-           "default_config_path", "load_ledger_config"]
+__all__ = ["DEFAULT_STATE_DIR", "ApiConfig", "ChainConfig", "LedgerConfig", "MqttConfig",
+           "TimeseriesConfig", "default_config_path", "load_ledger_config"]
 
 DEFAULT_STATE_DIR = Path(os.environ.get("SENKEN_LEDGER_HOME", "~/.senken/ledger")).expanduser()
 _PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "xxx", "token", ""}
@@ -91,6 +96,39 @@ class TimeseriesConfig:
             raise ValueError("timeseries token is a placeholder; set the real one or remove it")
 
 
+def _chain_url(v: str) -> None:
+    if v != "eth-tester" and not v.startswith(("http://", "https://")):
+        raise ValueError('must be "eth-tester" or an http(s):// JSON-RPC URL')
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    url: str | None = setting(None, check=_chain_url,
+                              doc='"eth-tester" (a chain in this process, gone at exit) or a '
+                                  "JSON-RPC URL; unset: no minting")
+    chain_id: int | None = setting(None, ge=1, doc="expected chain id; default: the "
+                                                   "addresses file's")
+    minter_key_file: Path | None = setting(None, doc="secp256k1 key that sends (and pays for) "
+                                                     "the mints, mode 0600; eth-tester: a "
+                                                     "fresh funded key if unset")
+    addresses_file: Path | None = setting(None, doc="contract addresses JSON (senken chain "
+                                                    "deploy --out)")
+    confirmations: int = setting(1, ge=1, le=1000, doc="blocks a mint's receipt must be deep "
+                                                       "to count as minted")
+    poll_interval_s: float = setting(1.0, gt=0, le=600, doc="how often to look at the log and "
+                                                            "the chain when idle")
+    receipt_timeout_s: float = setting(120.0, gt=0, le=86_400,
+                                       doc="without a receipt this long: re-send (dropped) or "
+                                           "replace (pending) with a higher fee")
+    gas_margin_percent: int = setting(25, ge=0, le=500, doc="added to the gas estimate")
+    fee_bump_percent: int = setting(20, ge=10, le=500, doc="per replacement; nodes want >= 10")
+    max_in_flight: int = setting(64, ge=1, le=4096, doc="mint transactions sent and not yet "
+                                                        "settled")
+    reorg_depth: int = setting(12, ge=0, le=10_000, doc="blocks the event mirror re-reads")
+    mirror: bool = setting(True, doc="mirror the contracts' events into the database")
+    request_timeout_s: float = setting(10.0, gt=0, le=600)
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
     state_dir: Path = DEFAULT_STATE_DIR
@@ -101,6 +139,7 @@ class LedgerConfig:
     mqtt: MqttConfig = setting(default_factory=MqttConfig)
     api: ApiConfig = setting(default_factory=ApiConfig)
     timeseries: TimeseriesConfig = setting(default_factory=TimeseriesConfig)
+    chain: ChainConfig = setting(default_factory=ChainConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> LedgerConfig:

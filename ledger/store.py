@@ -474,6 +474,14 @@ class LedgerStore:
             raise StoreError(f"ledger database: {_brief(exc)}") from exc
 
     @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``), committed when the block ends,
+        for the ledger's other tables (``ledger.credit_store``). Raises StoreError (and
+        IntegrityError, for the caller to judge)."""
+        with self._writing() as conn:
+            yield conn
+
+    @contextmanager
     def _writing(self) -> Iterator[Connection]:
         try:
             with self._writer.begin() as conn:

@@ -2,7 +2,8 @@
 
 The hash-chained log (``ledger_log``) is the record; every other table is derived from it in
 the same transaction (attestations, readings) or is the ledger's working state (registry
-records, certificates waiting for their device's record, the time-series export cursor).
+records, certificates waiting for their device's record, the time-series export cursor, the
+minting of each logged attestation), or mirrors the chain (credit events, its cursor).
 ``verify_log`` recomputes the chain and checks the derived rows against the evidence.
 
 Integers that can pass 2**31 are BIGINT. The attestation's 64-bit unsigned fields are stored
@@ -16,10 +17,13 @@ from sqlalchemy import BigInteger, Index, Integer, Table, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AttestationRow", "LedgerBase", "LogEntry", "LogHead", "PendingCertificate",
-           "ReadingRow", "RegistryRow", "TsCursor", "attestation_table",
-           "cursor_table", "head_table", "log_table", "pending_table", "reading_table",
-           "registry_table"]
+__all__ = ["AttestationRow", "ChainCursor", "ChainEventRow", "CreditBatchRow", "CreditMintRow",
+           "CreditRetirementRow", "CreditTransferRow", "LedgerBase", "LogEntry", "LogHead",
+           "MintRow", "PendingCertificate", "ReadingRow", "RegistryRow", "TsCursor",
+           "attestation_table", "chain_cursor_table", "chain_event_table", "credit_batch_table",
+           "credit_mint_table", "credit_retirement_table", "credit_transfer_table",
+           "cursor_table", "head_table", "log_table", "mint_table", "pending_table",
+           "reading_table", "registry_table"]
 
 # BIGINT that is still SQLite's rowid alias (INTEGER PRIMARY KEY) where it autoincrements
 _ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -143,6 +147,155 @@ class TsCursor(LedgerBase, table=True):
     cursor: int = Field(sa_type=BigInteger)
 
 
+# -- minting (ledger/minting.py) and the chain's events (ledger/chain_mirror.py) -----------
+#
+# On-chain integers that are uint256 (amounts, units, token ids) do not fit BIGINT: amounts
+# are decimal text, token ids 0x + 64 hex digits, addresses checksummed 0x text.
+
+
+class MintRow(LedgerBase, table=True):
+    """The minting of one logged attestation: the ledger's own durable record, written before
+    every broadcast, so a restart knows what may be on its way to the chain.
+
+    ``state``: ``queued`` (to send), ``sent`` (``tx_hash`` with ``nonce`` broadcast or about to
+    be), ``minted`` (the chain says so: ``token_id``, ``units``, ``block_number``), ``failed``
+    (the contract refused it: ``error`` is the custom error's name, ``detail`` its arguments).
+    """
+
+    __tablename__ = "ledger_mint"
+    __table_args__ = (Index("ix_ledger_mint_state_log", "state", "log_index"),)
+
+    attestation_id: bytes = Field(primary_key=True)
+    log_index: int = Field(sa_type=BigInteger, unique=True)
+    state: str
+    tx_hash: bytes | None = None
+    nonce: int | None = Field(default=None, sa_type=BigInteger)
+    gas: int | None = Field(default=None, sa_type=BigInteger)
+    fee_cap_wei: int | None = Field(default=None, sa_type=BigInteger)  # max fee or gas price
+    fee_level: int = 0  # replacements so far (each bumps the fee)
+    attempts: int = 0  # broadcasts of this row (first sends, replacements, re-sends)
+    gas_bumps: int = 0  # out-of-gas retries so far (each doubles the gas margin)
+    token_id: str | None = None
+    units: str | None = None
+    block_number: int | None = Field(default=None, sa_type=BigInteger)
+    error: str | None = None
+    detail: str | None = None
+    created_at_ms: int = Field(sa_type=BigInteger)
+    updated_at_ms: int = Field(sa_type=BigInteger)
+    sent_at_ms: int | None = Field(default=None, sa_type=BigInteger)
+    next_attempt_ms: int = Field(default=0, sa_type=BigInteger)
+
+
+class ChainCursor(LedgerBase, table=True):
+    """The event mirror's position (row id 1): the next block to read."""
+
+    __tablename__ = "ledger_chain_cursor"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    next_block: int = Field(sa_type=BigInteger)
+
+
+class CreditMintRow(LedgerBase, table=True):
+    """An ``AttestationMinted`` event of the credit contract."""
+
+    __tablename__ = "ledger_credit_mint"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_ledger_credit_mint_log"),)
+
+    id: int | None = Field(default=None, sa_type=_ROW_ID, primary_key=True)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    tx_hash: bytes
+    log_index: int = Field(sa_type=BigInteger)
+    attestation_id: bytes = Field(index=True)
+    token_id: str
+    owner: str = Field(index=True)
+    units: str
+    remainder_mg: str
+    validator_epoch: str
+    project: str = Field(index=True)
+    device: str
+    window_start: int = Field(sa_type=BigInteger)
+    window_seconds: int = Field(sa_type=BigInteger)
+    methodology: str
+    quantity: str
+    co2e_mg: str
+
+
+class CreditTransferRow(LedgerBase, table=True):
+    """One (id, amount) of an ERC-1155 ``TransferSingle`` or ``TransferBatch`` (``item``:
+    its position in the batch); a mint comes from, a burn goes to, the zero address."""
+
+    __tablename__ = "ledger_credit_transfer"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", "item",
+                                       name="uq_ledger_credit_transfer_log"),)
+
+    id: int | None = Field(default=None, sa_type=_ROW_ID, primary_key=True)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    tx_hash: bytes
+    log_index: int = Field(sa_type=BigInteger)
+    item: int = 0
+    operator: str
+    from_address: str = Field(index=True)
+    to_address: str = Field(index=True)
+    token_id: str
+    amount: str
+
+
+class CreditRetirementRow(LedgerBase, table=True):
+    """A ``Retired`` event: credits burned for a beneficiary."""
+
+    __tablename__ = "ledger_credit_retirement"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index",
+                                       name="uq_ledger_credit_retirement_log"),)
+
+    id: int | None = Field(default=None, sa_type=_ROW_ID, primary_key=True)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    tx_hash: bytes
+    log_index: int = Field(sa_type=BigInteger)
+    retirement_id: str
+    holder: str = Field(index=True)
+    token_id: str
+    amount: str
+    beneficiary: str
+    reason: str
+    jurisdiction: str
+    timestamp: int = Field(sa_type=BigInteger)
+
+
+class CreditBatchRow(LedgerBase, table=True):
+    """A ``BatchCreated`` event: a token id's project, vintage and methodology."""
+
+    __tablename__ = "ledger_credit_batch"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index",
+                                       name="uq_ledger_credit_batch_log"),)
+
+    id: int | None = Field(default=None, sa_type=_ROW_ID, primary_key=True)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    tx_hash: bytes
+    log_index: int = Field(sa_type=BigInteger)
+    token_id: str = Field(index=True)
+    project: str
+    vintage: int
+    methodology: str
+
+
+class ChainEventRow(LedgerBase, table=True):
+    """Any other event of Senken's contracts (validator set, project registry, governor,
+    timelock, governance hand-overs), its arguments as JSON."""
+
+    __tablename__ = "ledger_chain_event"
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_ledger_chain_event_log"),
+                      Index("ix_ledger_chain_event_contract_event", "contract", "event"))
+
+    id: int | None = Field(default=None, sa_type=_ROW_ID, primary_key=True)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    tx_hash: bytes
+    log_index: int = Field(sa_type=BigInteger)
+    contract: str
+    address: str
+    event: str
+    args: str  # JSON: bytes as 0x hex, integers above 2**53 as decimal strings
+
+
 def _table(model: type[LedgerBase]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -158,3 +311,10 @@ reading_table = _table(ReadingRow)
 registry_table = _table(RegistryRow)
 pending_table = _table(PendingCertificate)
 cursor_table = _table(TsCursor)
+mint_table = _table(MintRow)
+chain_cursor_table = _table(ChainCursor)
+credit_mint_table = _table(CreditMintRow)
+credit_transfer_table = _table(CreditTransferRow)
+credit_retirement_table = _table(CreditRetirementRow)
+credit_batch_table = _table(CreditBatchRow)
+chain_event_table = _table(ChainEventRow)

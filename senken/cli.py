@@ -13,6 +13,7 @@ import click
 __all__ = ["cli", "main"]
 
 _GROUPS = {
+    "chain": ("senken.chain_cli", "chain_group"),
     "demo": ("senken.demo", "demo_cmd"),
     "edge": ("edge_agent.cli", "edge_group"),
     "gateway": ("gateway.cli", "gateway_group"),

@@ -12,6 +12,7 @@ Every validator and the ledger load the same file; what it holds is what governa
     [[projects]]
     id = "pv-plant-7"
     owner_key = "<64 hex: the project owner's Ed25519 public key>"
+    owner_address = "0x..."   # optional: the EVM address its credits are minted to
     window_seconds = 900
     methodology = "CDM AMS-I.D"
     methodology_version = 1
@@ -81,6 +82,10 @@ class ProjectConfig:
     methodology: Literal["CDM AMS-I.D"] = "CDM AMS-I.D"
     methodology_version: int = setting(1, ge=1, lt=2**32)
     anomaly_threshold_ppm: int = setting(500_000, ge=1, le=1_000_000)
+    # Optional: ``senken chain deploy`` registers the project on chain with this owner, to
+    # whom the credit contract mints; a file for a network without a chain needs none.
+    owner_address: str | None = setting(None, check=_address,
+                                        doc="the owner's EVM address (0x), credits go here")
 
     @property
     def owner_public_key(self) -> bytes:
