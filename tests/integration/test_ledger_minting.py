@@ -11,6 +11,7 @@ ValidatorSet says k = 3 (as after a governance vote the file has not caught up w
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from senken.cli import cli
 from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.evidence import CertifiedWindow
 from senken_core.secp256k1 import ValidatorKey
-from tests.support.anvil import running_anvil
+from tests.support.anvil import cast_call, running_anvil
 from tests.support.postgres import fresh_database
 from tests.support.waiting import wait_until
 from tests.unit.test_ledger_support import EF, HOUR, PROJECT, World
@@ -481,3 +482,45 @@ def test_senken_chain_deploy_writes_addresses_that_work(tmp_path: Path) -> None:
                                          str(key_file), "--network", str(network_file),
                                          "--out", str(out)])
         assert again.exit_code != 0 and "exists" in again.output
+
+
+@pytest.mark.integration
+# anvil only: cast, foundry's own client, talks JSON-RPC to a node (eth-tester is in process)
+@pytest.mark.parametrize("net", ["anvil"], indirect=True)
+def test_cast_reads_the_balances_and_retirements_the_ledger_shows(side: LedgerSide,
+                                                                  env: Net) -> None:
+    """An independent check: foundry's ``cast`` reads, from anvil itself, the balances, the
+    mint of each attestation and the retirement record that the ledger's API shows."""
+    windows = [side.world.certify(h) for h in range(3)]
+    for w in windows:
+        side.append(w)
+    side.minter().run_until_idle()
+    token_id = token_of(windows[0])
+    retire = env.credits().encode_abi("retire", args=[token_id, 250, "Stadtwerke Süd",
+                                                      "Scope 2, 2026", "AT"])
+    assert TxSender(env.node, env.owner_key).transact(
+        env.addresses.credits, bytes.fromhex(retire[2:])).status == 1
+    ChainMirror(side.credits, env.node, env.addresses, reorg_depth=5).run_until_idle()
+    api = TestClient(create_api(side.store, side.ledger, credits=side.credits))
+    credits = env.addresses.credits
+
+    def cast(signature: str, *args: object) -> list[Any]:
+        return json.loads(cast_call(env.url, credits, signature, *args, "--json"))
+
+    [balance] = cast("balanceOf(address,uint256)(uint256)", env.owner, token_id)
+    shown = api.get(f"/credits/balances/{env.owner}").json()["balances"]
+    assert shown == [{"token_id": f"0x{token_id:064x}", "units": str(int(balance))}]
+    assert int(balance) == 3 * 350 - 250
+    for mint in api.get("/credits/mints").json()["mints"]:
+        [minted_in] = cast("mintedIn(bytes32)(uint256)", "0x" + mint["attestation_id"])
+        assert f"0x{int(minted_in):064x}" == mint["token_id"]
+    [record] = api.get("/credits/retirements").json()["retirements"]
+    [count] = cast("retirementCount()(uint256)")
+    assert int(count) == 1
+    [on_chain] = cast("retirement(uint256)((address,uint64,bytes2,uint256,uint256,string,"
+                      "string))", record["retirement_id"])
+    holder, _timestamp, jurisdiction, tid, amount, beneficiary, reason = on_chain
+    assert (holder.lower(), int(tid), str(int(amount)), beneficiary, reason) == (
+        record["holder"].lower(), token_id, record["amount"], record["beneficiary"],
+        record["reason"])
+    assert bytes.fromhex(jurisdiction[2:]).decode() == record["jurisdiction"] == "AT"

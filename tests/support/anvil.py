@@ -52,6 +52,28 @@ def anvil_binary() -> Path:
     return binary
 
 
+def cast_binary() -> Path:
+    """The platform binary of @foundry-rs/cast: foundry's own client, for checks that must
+    not go through this project's code."""
+    ensure_node_modules()
+    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
+    arch = _ARCH.get(platform.machine().lower(), platform.machine().lower())
+    binary = NODE_MODULES / "@foundry-rs" / f"cast-{system}-{arch}" / "bin" / "cast"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} missing: `npm ci` in contracts/ did not bring cast for "
+                           f"{system}-{arch}")
+    return binary
+
+
+def cast_call(url: str, to: str, signature: str, *args: object) -> str:
+    """``cast call TO SIGNATURE ARGS --rpc-url URL``: its decoded output, as cast prints it."""
+    done = subprocess.run([str(cast_binary()), "call", to, signature, *map(str, args),
+                           "--rpc-url", url], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise AssertionError(f"cast call {signature}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
 def rpc(url: str, method: str, params: list[object] | None = None) -> object:
     """One JSON-RPC call; raises on a transport error or an RPC error."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
