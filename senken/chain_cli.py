@@ -2,6 +2,7 @@
 
 ::
 
+    senken chain dev-node --port 8545 --fund 0xADDRESS
     senken chain keygen --out minter.key
     senken chain deploy --url http://127.0.0.1:8545 --key-file deployer.key \\
         --network network.toml --out addresses.json
@@ -24,6 +25,43 @@ __all__ = ["chain_group"]
 @click.group(name="chain", help="Keys and contract deployment for the credit chain.")
 def chain_group() -> None:
     pass
+
+
+@chain_group.command("dev-node")
+@click.option("--port", type=click.IntRange(0, 65535), default=8545, show_default=True,
+              help="loopback port for JSON-RPC (0: a free one)")
+@click.option("--fund", "fund", multiple=True, metavar="0xADDRESS",
+              help="give this address 1000 ether of play money (repeatable)")
+def dev_node_cmd(port: int, fund: tuple[str, ...]) -> None:
+    """A development chain: in-process eth-tester (py-evm) served over JSON-RPC on
+    127.0.0.1, until Ctrl-C. State is in memory only; for demos and development."""
+    import threading
+
+    from ledger.devchain import DevChain
+    from senken_core.errors import SenkenError
+    from senken_core.network import parse_address
+
+    try:
+        recipients = [parse_address(a) for a in fund]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fund") from None
+    try:
+        chain = DevChain(port=port)
+        url = chain.start()
+        for address in recipients:
+            chain.fund("0x" + address.hex())
+    except SenkenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"development chain (eth-tester) at {url}, chain id {chain.chain_id}")
+    for address in recipients:
+        click.echo(f"  funded 0x{address.hex()}")
+    click.echo("Ctrl-C stops it (its state is gone then)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        chain.stop()
 
 
 @chain_group.command("keygen")
