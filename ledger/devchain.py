@@ -14,6 +14,7 @@ provider; a body that is not JSON-RPC gets a JSON-RPC error, never a traceback.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import threading
@@ -76,6 +77,27 @@ def _call_object(param: Any, free: bool) -> Any:
     return param
 
 
+_REVERTED = "execution reverted"
+
+
+def _revert_data(exc: Exception) -> bytes | None:
+    """The revert data of eth-tester's TransactionFailed, which carries it only as the repr of
+    the bytes in its message ("execution reverted: b'...'"); None for any other error."""
+    if type(exc).__name__ != "TransactionFailed" or not exc.args:
+        return None
+    text = str(exc.args[0])
+    if not text.startswith(_REVERTED):
+        return None
+    rest = text[len(_REVERTED):].removeprefix(":").strip()
+    if not rest:
+        return b""
+    try:
+        data = ast.literal_eval(rest)
+    except (ValueError, SyntaxError):
+        return None
+    return data if isinstance(data, bytes) else None
+
+
 def _error(request_id: object, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
@@ -83,7 +105,12 @@ def _error(request_id: object, code: int, message: str) -> dict[str, Any]:
 class DevChain:
     """eth-tester's chain behind a loopback JSON-RPC endpoint (start, then ``url``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 block_time_s: float | None = 1.0) -> None:
+        """``block_time_s``: mine an (empty) block this often, as a real chain produces
+        them, so that block time follows the clock (eth-tester mines only on transactions;
+        the credit contract mints a window only once a block is past its end). None: only
+        on transactions."""
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise DevChainError("the development chain listens on loopback only")
         try:
@@ -103,6 +130,9 @@ class DevChain:
         self._host, self._port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._block_time_s = block_time_s
+        self._stopping = threading.Event()
+        self._miner: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -136,13 +166,21 @@ class DevChain:
             with self._lock:
                 reply = dict(self._request(method, params))
         except Exception as exc:  # eth-tester raises on bad params: an error reply, not a 500
+            reverted = _revert_data(exc)
+            if reverted is not None:  # as geth answers a revert: code 3 and the revert data
+                out = _error(request_id, 3, "execution reverted")
+                out["error"]["data"] = "0x" + reverted.hex()
+                return out
             log.debug("%s failed: %s", method, exc)
             return _error(request_id, -32602, f"{method}: {exc}")
         if "result" in reply:
             return {"jsonrpc": "2.0", "id": request_id, "result": _wire(reply["result"])}
         error = reply.get("error")
         if isinstance(error, dict) and isinstance(error.get("code"), int):
-            return _error(request_id, error["code"], str(error.get("message", "")))
+            out = _error(request_id, error["code"], str(error.get("message", "")))
+            if "data" in error:  # a revert's data: the custom error a client decodes
+                out["error"]["data"] = _wire(error["data"])
+            return out
         return _error(request_id, -32603, str(error))
 
     @property
@@ -203,9 +241,24 @@ class DevChain:
         self._thread = threading.Thread(target=self._server.serve_forever, name="dev-chain",
                                         daemon=True)
         self._thread.start()
+        if self._block_time_s is not None:
+            self._miner = threading.Thread(target=self._mine, args=(self._block_time_s,),
+                                           name="dev-chain-miner", daemon=True)
+            self._miner.start()
         return self.url
 
+    def _mine(self, every_s: float) -> None:
+        while not self._stopping.wait(every_s):
+            try:
+                self._call("evm_mine", [])
+            except DevChainError as exc:  # pragma: no cover - eth-tester does not refuse it
+                log.warning("dev chain: mining a block failed: %s", exc)
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._miner is not None:
+            self._miner.join(5)
+            self._miner = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 from senken.demo_broker import Broker, DemoError, broker, free_port, get_json, wait_for
+from senken.demo_chain import DemoChain
 
 __all__ = ["demo_cmd"]
 
@@ -155,6 +156,8 @@ class _Demo:
                 self.step(1, "broker", mqtt.what)
                 if mqtt.external:  # once the services are gone, leave nothing retained there
                     stack.callback(lambda: mqtt.clear_retained(self.retained_topics()))
+                self.chain = DemoChain(self.state / "chain")
+                stack.callback(self.chain.stop)
                 services = self.start_services(mqtt)
                 stack.callback(stop_all, services)
                 agents, sims = self.enroll_devices(mqtt, stack)
@@ -208,14 +211,25 @@ class _Demo:
                   + ", ".join(self.addresses))
         self.model_sha = hashlib.sha256(DEFAULT_MODEL_PATH.read_bytes()).hexdigest()
         self.network = self.state / "network.toml"
-        write_network(self.network, self.addresses, THRESHOLD, self.prefix, {
-            "id": PROJECT, "owner_key": self.owner.public_key.hex(),
-            "window_seconds": self.window_seconds, "methodology": "CDM AMS-I.D",
-            "methodology_version": 1, "grid_ef_g_per_kwh": GRID_EF,
-            "model_sha256": self.model_sha})
+        project = {"id": PROJECT, "owner_key": self.owner.public_key.hex(),
+                   "owner_address": self.chain.owner_address,
+                   "window_seconds": self.window_seconds, "methodology": "CDM AMS-I.D",
+                   "methodology_version": 1, "grid_ef_g_per_kwh": GRID_EF,
+                   "model_sha256": self.model_sha}
+        write_network(self.network, self.addresses, THRESHOLD, self.prefix, project)
+        self.step(0, "chain", self.chain.what)
+        deployed = self.chain.deploy(self.network)
+        self.step(0, "contracts", f"credits {deployed.credits}, validator set "
+                  f"{deployed.validator_set}, governor {deployed.governor} (timelock "
+                  f"{deployed.timelock}); credits go to the owner's {self.chain.owner_address}")
+        # validators sign for this chain and contract: the EIP-712 domain the contract checks
+        write_network(self.network, self.addresses, THRESHOLD, self.prefix, project,
+                      {"chain_id": deployed.chain_id,
+                       "credit_contract": deployed.credits.lower()})
         self.step(3, "network", f"{self.network}: k = {THRESHOLD} of {VALIDATORS}; project "
                   f"{PROJECT}: CDM AMS-I.D, {GRID_EF} g CO2/kWh, {self.window_seconds} s "
-                  f"windows; topics {self.prefix}/...")
+                  f"windows; topics {self.prefix}/...; signatures for chain "
+                  f"{deployed.chain_id}, contract {deployed.credits}")
         gateway_port, ledger_port = free_port(), free_port()
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         self.ledger_url = f"http://127.0.0.1:{ledger_port}"
@@ -224,7 +238,7 @@ class _Demo:
         self.validators = [validator_service(home, self.logs, i + 1, mqtt, self.network,
                                              GRACE_S) for i, home in enumerate(homes)]
         self.ledger = ledger_service(self.state / "ledger", self.logs, mqtt, self.network,
-                                     ledger_port, self.run_id)
+                                     ledger_port, self.run_id, self.chain.ledger_section())
         services = [self.gateway, *self.validators, self.ledger]
         started = time.monotonic()
         try:
@@ -445,3 +459,30 @@ class _Demo:
             count = sum(f.count for f in watch.flagged.values())
             self.echo(f"  anomalies  {count} reading(s) in {len(watch.flagged)} window(s) "
                       f"scored anomalous by the on-device model: {excluded} Wh not credited")
+        self.report_credits(int(total.get("attestations") or 0), int(total.get("co2e_mg") or 0))
+
+    def report_credits(self, windows: int, co2e_mg: int) -> None:
+        """The credits minted on chain for the logged windows, and one retirement."""
+        if not self.chain.wait_minted(self.ledger_url, windows, 60):
+            raise DemoError(f"not every certified window was minted in 60 s (ledger log: "
+                            f"{self.ledger.log}; /credits/queue on {self.ledger_url})")
+        mints, units, balances = self.chain.credits(self.ledger_url)
+        failed = self.chain.failed(self.ledger_url)
+        if failed:
+            raise DemoError(f"{len(failed)} window(s) could not be minted: {failed[0]} "
+                            f"(ledger log: {self.ledger.log})")
+        self.echo(f"  credits    {mints} windows minted on chain by the credit contract, which "
+                  f"checked {THRESHOLD} validator signatures each: {units} units (1 unit = "
+                  f"1 g CO2e; {co2e_mg // 1000} g attested, the rest carried in the batch)")
+        for b in balances:
+            self.echo(f"             owner {self.chain.owner_address} holds {b['units']} of "
+                      f"batch {b['token_id'][:18]}... ({PROJECT}, vintage "
+                      f"{time.gmtime().tm_year})")
+        if balances and int(balances[0]["units"]) > 0:
+            amount = max(1, int(balances[0]["units"]) // 2)
+            retired = self.chain.retire(self.ledger_url, balances[0]["token_id"], amount,
+                                        "Demo GmbH", "demo: Scope 2 emissions 2026", "DE")
+            record = retired.record
+            self.echo(f"  retired    {amount} units for {record['beneficiary']} "
+                      f"({record['jurisdiction']}): retirement #{record['retirement_id']}, "
+                      "burned on chain, recorded by the ledger's mirror")

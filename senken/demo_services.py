@@ -125,16 +125,17 @@ def stop_all(services: Iterable[Service]) -> None:
 
 
 def write_network(path: Path, validators: Sequence[str], threshold: int, prefix: str,
-                  project: dict[str, Any]) -> None:
+                  project: dict[str, Any], chain: dict[str, Any] | None = None) -> None:
     """The network file, written as ``senken network init/add-project`` write it and checked
-    by loading it back as the services do."""
+    by loading it back as the services do; ``chain``: its ``chain_id`` and
+    ``credit_contract`` (the EIP-712 domain validators sign for)."""
     from senken.network_cli import render_toml
     from senken_core.errors import ConfigError
     from senken_core.network import load_network_config
 
-    path.write_text(render_toml({"topic_prefix": prefix, "threshold": threshold,
-                                 "validators": list(validators), "projects": [project]}),
-                    "utf-8")
+    path.write_text(render_toml({"topic_prefix": prefix, **(chain or {}),
+                                 "threshold": threshold, "validators": list(validators),
+                                 "projects": [project]}), "utf-8")
     try:
         load_network_config(path)
     except ConfigError as exc:  # a bug in the demo
@@ -207,16 +208,20 @@ def validator_service(home: Path, logs: Path, index: int, broker: Broker, networ
 
 
 def ledger_service(home: Path, logs: Path, broker: Broker, network: Path, api_port: int,
-                   run_id: str) -> Service:
-    """The ledger on embedded SQLite, no time-series store, its API on ``api_port``."""
+                   run_id: str, chain: dict[str, Any] | None = None) -> Service:
+    """The ledger on embedded SQLite, no time-series store, its API on ``api_port``;
+    ``chain``: its ``[chain]`` section (minting)."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "ledger.toml"
-    config.write_text(_toml({"state_dir": home, "network_file": network}, {
+    sections: dict[str, dict[str, Any]] = {
         "mqtt": {"host": "127.0.0.1", "port": broker.port,
                  "client_id": f"senken-demo-ledger-{run_id}", "session_expiry_s": 300,
                  "protocol": broker.protocol},
         "api": {"host": "127.0.0.1", "port": api_port},
-    }), "utf-8")
+    }
+    if chain is not None:
+        sections["chain"] = chain
+    config.write_text(_toml({"state_dir": home, "network_file": network}, sections), "utf-8")
     url = f"http://127.0.0.1:{api_port}"
     return Service("ledger", ["ledger", "run", "--config", str(config)], logs / "ledger.log",
                    lambda: bool((get_json(f"{url}/health", 1) or {}).get("mqtt_connected")))

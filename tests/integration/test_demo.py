@@ -18,6 +18,9 @@ pytestmark = pytest.mark.integration
 CERTIFIED = re.compile(r"^  certified  (\S+)\s+\S+ \+(\d+)s\s+(\d+) readings \((\d+) rejected\)"
                        r"\s+([\d.]+) kWh\s+([\d.]+) kg CO2e  signed by ((?:0x[0-9a-f]{4}(?:, )?)+)"
                        r"  log #(\d+)$", re.MULTILINE)
+CREDITS = re.compile(r"credits\s+(\d+) windows minted on chain by the credit contract, which "
+                     r"checked 3 validator signatures each: (\d+) units \(1 unit = 1 g CO2e; "
+                     r"(\d+) g attested")
 SUMMARY = re.compile(r"summary\s+(\d+) windows certified, (\d+) readings counted, ([\d.]+) kWh "
                      r"exported, ([\d.]+) kg CO2e avoided")
 
@@ -53,6 +56,18 @@ def assert_whole_path(out: str, devices: list[str], windows_each: int) -> None:
     assert int(readings) == sum(int(c[2]) for c in certified)
     assert float(kwh) > 0 and float(kg) > 0
     assert abs(float(kg) - float(kwh) * 0.7) < 0.01  # 700 g CO2 per kWh, the project's factor
+    # every certified window minted on chain, exactly its grams, and half of them retired
+    assert "contracts  credits 0x" in out and "signatures for chain " in out, out
+    credits = CREDITS.search(out)
+    assert credits, out
+    minted, units, attested = map(int, credits.groups())
+    assert minted == int(windows) and units == attested  # one batch: floor(sum mg / 1000)
+    assert abs(units - round(float(kg) * 1000)) <= 1
+    holds = re.search(r"owner (0x[0-9a-f]{40}) holds (\d+) of batch", out)
+    assert holds and int(holds.group(2)) == units, out
+    retired = re.search(r"retired\s+(\d+) units for Demo GmbH \(DE\): retirement #1, burned on "
+                        r"chain, recorded by the ledger's mirror", out)
+    assert retired and int(retired.group(1)) == units // 2, out
 
 
 def test_demo_runs_the_whole_path_and_shows_the_anomaly_left_out(tmp_path: Path) -> None:
