@@ -5,7 +5,9 @@ Pure logic: :mod:`validator.verify` (the checks on one signed reading, with reas
 :mod:`validator.agreement` (the agreement messages and rules), :mod:`validator.node` (the whole
 validator as a state machine: messages and a clock in, messages out), :mod:`validator.window`
 (one validator's own view of windows). I/O: :mod:`validator.app` (the aiomqtt runner),
-:mod:`validator.metrics` (Prometheus and health), :mod:`validator.cli`.
+:mod:`validator.chain` (the chain watcher: validator set and methodology terms from the
+contracts, issue 4; imported only with ``[chain]``), :mod:`validator.metrics` (Prometheus and
+health), :mod:`validator.cli`.
 """
 
 from validator.node import NodeStats, Outbound, ValidatorNode

@@ -15,11 +15,15 @@ the leader of a round is :func:`leader` (a hash of the attestation id and the ro
    from the device, computes the attestation with :func:`agreed_readings` and
    :func:`agreed_rejected` and :func:`senken_core.evidence.window_attestation`, signs its
    EIP-712 digest and broadcasts the signature; at most one signature per window and round.
-4. **certify**: k signatures over one digest are a quorum certificate; the leader of the
-   certified round publishes the certified window with its evidence, and another validator
-   that holds the readings does so only if none appears within ``round_timeout_s`` (a backup,
-   validator/node.py). If no certificate is seen within the round's timeout, everyone moves
-   to round ``r + 1`` and its leader.
+4. **certify**: k signatures over one digest by members of the window's validator set
+   (:class:`SignatureTally`; the set in force for the window, senken_core.membership) are a
+   quorum certificate; the leader of the certified round publishes the certified window with
+   its evidence, and another validator that holds the readings does so only if none appears
+   within ``round_timeout_s`` (a backup, validator/node.py). If no certificate is seen within
+   the round's timeout, everyone moves to round ``r + 1`` and its leader. A validator that
+   settled ``W`` answers a have for ``W`` that comes a round timeout or more after it settled
+   (its sender is still agreeing: it missed the certificate, or a schedule change made it
+   take ``W`` up again) with :class:`Certified`, the certificate without the readings.
 
 The attestation is a function of the proposal alone (the haves it carries and the readings),
 so every honest validator that signs a proposal signs the same bytes, whatever it missed or
@@ -40,13 +44,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from senken_core import canonical
+from senken_core.attestation import Attestation
+from senken_core.eip712 import Domain
 from senken_core.errors import EncodingError, PayloadError, SignatureError
+from senken_core.quorum import QuorumCertificate, ValidatorSet
 from senken_core.reading import SignedReading
 from senken_core.secp256k1 import ValidatorKey, recover_address
 
-__all__ = ["AGREEMENT_TAG", "Fetch", "Have", "OpenedHaves", "Proposal", "ReadingsReply", "Sign",
-           "WindowKey", "agreed_readings", "agreed_rejected", "decode_leaves", "decode_message",
-           "encode_leaves", "leader", "open_envelope", "seal"]
+__all__ = ["AGREEMENT_TAG", "Certified", "Fetch", "Have", "OpenedHaves", "Proposal",
+           "ReadingsReply", "Sign",
+           "SignatureTally", "WindowKey", "agreed_readings", "agreed_rejected", "decode_leaves",
+           "decode_message", "encode_leaves", "leader", "open_envelope", "seal"]
 
 AGREEMENT_TAG = b"senken/agreement/v1\x00"
 _V = 1
@@ -302,7 +310,21 @@ class ReadingsReply:
                                  "readings": [[r.body, r.signature] for r in self.readings]})
 
 
-Message = SignedHave | Proposal | Sign | Fetch | ReadingsReply
+@dataclass(frozen=True, slots=True)
+class Certified:
+    """The certificate of a window the sender settled (attestation and signatures, without
+    the readings), in answer to a have for that window from a validator that is still
+    agreeing on it (self-authenticating: the receiver checks the signatures)."""
+
+    attestation: bytes  # Attestation.to_wire()
+    signatures: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        return canonical.encode({"t": "certified", "attestation": self.attestation,
+                                 "signatures": list(self.signatures)})
+
+
+Message = SignedHave | Proposal | Sign | Fetch | ReadingsReply | Certified
 
 
 def decode_message(payload: bytes, cache: OpenedHaves | None = None,
@@ -349,6 +371,14 @@ def decode_message(payload: bytes, cache: OpenedHaves | None = None,
                 or not (target is None or (isinstance(target, bytes) and len(target) == 20))):
             raise PayloadError(f"fetch: expected a device, 1..{MAX_FETCH} seqs and a target")
         return Fetch(device, tuple(seqs), target), None  # type: ignore[arg-type]
+    if kind == "certified":
+        att, sigs = value.get("attestation"), value.get("signatures")
+        if set(value) != {"t", "attestation", "signatures"} or not isinstance(att, bytes) \
+                or not isinstance(sigs, list) or not 0 < len(sigs) <= 256 \
+                or not all(isinstance(s, bytes) and len(s) == 65 for s in sigs):
+            raise PayloadError("certified: expected attestation bytes and 1..256 65-byte "
+                               "signatures")
+        return Certified(att, tuple(sigs)), None  # type: ignore[arg-type]
     if kind == "readings":
         readings = value.get("readings")
         if set(value) != {"t", "readings"} or not isinstance(readings, list):
@@ -377,3 +407,72 @@ def agreed_rejected(haves: Sequence[Have]) -> int:
     k = 2f + 1 it lies between two honest validators' counts."""
     counts = sorted(h.rejected for h in haves)
     return counts[(len(counts) - 1) // 2]
+
+
+@dataclass(slots=True)
+class _Signed:
+    attestation: Attestation
+    by: dict[bytes, bytes]  # signer -> signature
+
+
+class SignatureTally:
+    """Validators' signatures per attestation id and digest, until a window's set certifies one.
+
+    Unlike :class:`senken_core.quorum.SignatureCollector`, which set counts is asked when a
+    certificate is wanted, not fixed up front: the set of a window comes from the schedule
+    (senken_core.membership), which may change while signatures wait, so a signature of a
+    member of any set the node knows is kept and counted once the window's set has it. Pure;
+    not thread-safe; at most ``size`` attestation ids are kept (the oldest go first)."""
+
+    def __init__(self, domain: Domain, size: int = 100_000) -> None:
+        self.domain = domain
+        self.size = size
+        self._slots: OrderedDict[bytes, dict[bytes, _Signed]] = OrderedDict()  # id -> digest
+
+    def add(self, attestation: Attestation, signature: bytes, known: frozenset[bytes],
+            ) -> str | None:
+        """Keep one signature over ``attestation``; None if kept, else why it was not:
+        ``bad_signature``, ``unknown_signer`` (not in ``known``) or ``duplicate``."""
+        digest = attestation.digest(self.domain)
+        try:
+            signer = recover_address(digest, signature)
+        except SignatureError:
+            return "bad_signature"
+        if signer not in known:
+            return "unknown_signer"
+        slot = self._slots.get(attestation.id)
+        if slot is None:
+            slot = self._slots[attestation.id] = {}
+            while len(self._slots) > self.size:
+                self._slots.popitem(last=False)
+        signed = slot.get(digest)
+        if signed is None:
+            signed = slot[digest] = _Signed(attestation, {})
+        if signer in signed.by:  # a QoS 1 duplicate (deterministic ECDSA: the same bytes)
+            return "duplicate"
+        signed.by[signer] = signature
+        return None
+
+    def certificate(self, attestation_id: bytes, validators: ValidatorSet,
+                    ) -> tuple[QuorumCertificate, tuple[bytes, ...]] | None:
+        """A certificate of ``attestation_id`` by ``validators`` and its signers: the first
+        digest that k of its members signed, with the signatures of the k lowest addresses
+        among them; None while no digest has k. Others' signatures are kept, not counted."""
+        for signed in self._slots.get(attestation_id, {}).values():
+            members = sorted(s for s in signed.by if s in validators.members)
+            if len(members) >= validators.threshold:
+                chosen = tuple(members[: validators.threshold])
+                return QuorumCertificate(signed.attestation,
+                                         tuple(signed.by[s] for s in chosen)), chosen
+        return None
+
+    def waiting(self) -> list[Attestation]:
+        """One attestation per id still held (to look at again when the schedule changes)."""
+        return [next(iter(slot.values())).attestation for slot in self._slots.values() if slot]
+
+    def forget(self, attestation_id: bytes) -> None:
+        """Drop a window's signatures (once it is settled), to bound memory."""
+        self._slots.pop(attestation_id, None)
+
+    def __len__(self) -> int:
+        return len(self._slots)

@@ -31,6 +31,10 @@ unstamped, and peers' messages would look seconds later than they arrived.
        reconnect, resubscribe) or SIGTERM/SIGINT (→ flush the outbox ≤ 3 s, publish
        "offline" (retained), disconnect cleanly so the broker drops the will).
     [HTTP thread] /metrics, /health ── reads NodeStats + RunnerState (validator.metrics)
+    [chain task] (with [chain]) every poll_s: ChainWatcher.poll on a worker thread
+       (asyncio.to_thread: web3 blocks) → a new Schedule → node.on_schedule(schedule, now) on
+       the loop's thread, between two worker steps; the first poll is made before the broker
+       is connected, so the node starts with the chain's set when the chain answers
 
 The node never does I/O and is fed ``time.time()``; a message on which it raises is logged,
 counted (``node_errors``) and skipped, and so is a tick. Outbound messages produced while the
@@ -66,7 +70,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -75,6 +79,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from senken_core.errors import SenkenError
+from senken_core.membership import Schedule
 from senken_core.network import NetworkConfig, load_network_config, parse_address
 from senken_core.secp256k1 import ValidatorKey
 from senken_core.topics import STATUS_QOS, validator_topic
@@ -86,6 +91,8 @@ from validator.verify import Scorer
 __all__ = [
     "Node",
     "NodeFactory",
+    "ScheduleFollower",
+    "ScheduleSource",
     "ServiceError",
     "Setup",
     "StartupError",
@@ -130,6 +137,20 @@ class Node(Protocol):
     def tick(self, now: float) -> list[Outbound]: ...
     def next_deadline(self) -> float | None: ...
     def status_payload(self, online: bool) -> bytes: ...
+
+
+@runtime_checkable
+class ScheduleFollower(Protocol):
+    """A node that takes validator-set and methodology schedules (``[chain]``)."""
+
+    def on_schedule(self, schedule: Schedule, now: float) -> list[Outbound]: ...
+
+
+class ScheduleSource(Protocol):
+    """What the runner needs of :class:`validator.chain.ChainWatcher`: a blocking ``poll``
+    returning a new schedule or None, raising a SenkenError when the chain cannot be read."""
+
+    def poll(self) -> Schedule | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +205,7 @@ def prepare(cfg: ValidatorConfig) -> Setup:
     key = ValidatorKey.load(cfg.key_path)
     network = load_network_config(cfg.network_file)
     members = {parse_address(a) for a in network.validators}
-    if key.address not in members:
+    if key.address not in members and cfg.chain is None:  # with [chain], the chain's set
         raise StartupError(
             f"this validator (0x{key.address.hex()}) is not in the validators of "
             f"{cfg.network_file}; add its address there (senken network init --validator ...)")
@@ -217,9 +238,13 @@ class ValidatorRunner:
     """Runs one node against the broker until ``stop`` is set (see the module docstring)."""
 
     def __init__(self, cfg: ValidatorConfig, node: Node, topic_prefix: str, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 chain: ScheduleSource | None = None) -> None:
         self.cfg = cfg
         self.node = node
+        self.chain = chain
+        self.chain_errors = 0  # polls that failed
+        self.schedules = 0  # schedules given to the node
         self.clock = clock
         self.state = RunnerState(started_at=clock())
         self.metrics = ValidatorMetrics(lambda: self.node.stats, self.state, node.address,
@@ -339,6 +364,62 @@ class ValidatorRunner:
             self._node_failed(f"a message on {topic} ({len(payload)} bytes)")
             outbound = []
         self._after_node(outbound)
+
+    def apply_schedule(self, schedule: Schedule) -> None:
+        """Give the node a new schedule, at the node's time, and queue what it wants sent.
+        Never raises."""
+        node = self.node
+        if not isinstance(node, ScheduleFollower):
+            log.error("the node cannot follow validator-set changes; schedule ignored")
+            return
+        now = self.node_time(self.clock())
+        self._node_now = now
+        self.schedules += 1
+        latest = schedule.latest
+        log.info("schedule: validator set epoch %d (%d members, k = %d) for %s%s",
+                 latest.epoch, len(latest.members), latest.threshold,
+                 "every window" if len(schedule.changes) == 1 else
+                 f"windows from {latest.activation(schedule.activation_delay_s)} on",
+                 "" if self.node.address in latest.members else
+                 "; this validator is not a member: it verifies readings, takes no part")
+        try:
+            outbound = node.on_schedule(schedule, now)
+        except Exception:
+            self._node_failed("a schedule")
+            outbound = []
+        self._after_node(outbound)
+
+    async def poll_chain(self) -> None:
+        """One chain poll on a worker thread; a new schedule goes to the node. Never raises:
+        a failed poll is logged (the first, then every 20th until one succeeds) and
+        counted."""
+        if self.chain is None:
+            return
+        try:
+            schedule = await asyncio.to_thread(self.chain.poll)
+        except SenkenError as exc:
+            self.chain_errors += 1
+            if self.chain_errors % 20 == 1:
+                log.warning("%s (failed polls: %d); keeping the schedule the node has",
+                            exc, self.chain_errors)
+            return
+        except Exception:  # a bug in the watcher: say so, keep the validator running
+            self.chain_errors += 1
+            log.exception("the chain watcher failed")
+            return
+        if self.chain_errors:
+            log.info("the chain answers again after %d failed polls", self.chain_errors)
+            self.chain_errors = 0
+        if schedule is not None:
+            self.apply_schedule(schedule)
+
+    async def _chain_loop(self) -> None:
+        poll_s = self.cfg.chain.poll_s if self.cfg.chain is not None else 15.0
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), poll_s)
+            if not self._stop.is_set():
+                await self.poll_chain()
 
     def _tick(self, now: float) -> None:
         try:
@@ -518,7 +599,11 @@ class ValidatorRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, reconnect and process until ``stop`` is set. Returns after a clean stop."""
         self._stop = stop
+        if self.chain is not None:
+            await self.poll_chain()  # start with the chain's set if the chain answers
         timer = asyncio.create_task(self._work_loop(), name="validator-worker")
+        watcher = None if self.chain is None else \
+            asyncio.create_task(self._chain_loop(), name="validator-chain")
 
         def timer_ended(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -552,13 +637,32 @@ class ValidatorRunner:
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             timer.cancel()
-            await asyncio.gather(timer, return_exceptions=True)
+            if watcher is not None:
+                watcher.cancel()
+            await asyncio.gather(timer, *filter(None, [watcher]), return_exceptions=True)
         if not timer.cancelled() and timer.exception() is not None:  # a bug: stop, loudly
             raise ServiceError(f"the timer task failed: {timer.exception()!r}") \
                 from timer.exception()
 
 
 # -- the process ------------------------------------------------------------------------------
+
+
+def _chain_watcher(cfg: ValidatorConfig, network: NetworkConfig) -> ScheduleSource | None:
+    """The ``[chain]`` watcher, or None without ``[chain]``. No I/O (the runner polls)."""
+    c = cfg.chain
+    if c is None:
+        return None
+    try:
+        from validator.chain import ChainWatcher
+    except ImportError as exc:
+        raise StartupError(f"[chain] needs web3 ({exc}); install it with "
+                           "pip install 'senken[chain]', or remove [chain]") from None
+    return ChainWatcher.connect(c.url, network, timeout_s=c.timeout_s,
+                                activation_delay_s=c.activation_delay_s,
+                                validator_set=c.validator_set,
+                                project_registry=c.project_registry,
+                                confirmations=c.confirmations, from_block=c.from_block)
 
 
 def _lock_state_dir(cfg: ValidatorConfig) -> int:
@@ -625,7 +729,8 @@ def run_validator(cfg: ValidatorConfig, node_factory: NodeFactory | None = None)
         node = (node_factory or default_node_factory)(setup)
         if node.address != setup.key.address:
             raise ServiceError("the node's address is not its key's")
-        runner = ValidatorRunner(cfg, node, setup.network.topic_prefix)
+        runner = ValidatorRunner(cfg, node, setup.network.topic_prefix,
+                                 chain=_chain_watcher(cfg, setup.network))
         http = HealthServer(runner.metrics, cfg.http.host, cfg.http.port)
         try:
             port = http.start()

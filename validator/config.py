@@ -21,6 +21,16 @@ Example (``senken validator init`` writes one)::
     [model]
     check = true                                   # re-run the anomaly model on each reading
 
+    [chain]                                        # optional: the set and terms from the chain
+    url = "http://127.0.0.1:8545"                  # JSON-RPC of a node of the network's chain
+    poll_s = 15.0
+    activation_delay_s = 600                       # the same at every validator and the ledger
+
+Without ``[chain]`` the validator set and the methodology terms are the network file's, for
+every window. With it they come from the contracts (docs/protocol.md, section 8); the
+addresses default to the credit contract's ``validatorSet()`` and ``registry()`` (the network
+file's ``credit_contract``).
+
 The topic prefix is the network's (``topic_prefix`` in the network file): every member uses
 the same. Environment: ``SENKEN_VALIDATOR_MQTT__HOST=...`` overrides ``[mqtt] host``;
 ``SENKEN_VALIDATOR_CONFIG`` names the file.
@@ -35,9 +45,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from senken_core.config import build, load_config, setting
+from senken_core.network import parse_address
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "ChainConfig",
     "HttpConfig",
     "ModelCheckConfig",
     "MqttConfig",
@@ -54,6 +66,15 @@ _PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "xxx", ""}
 def _hex_sha256(v: str) -> None:
     if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
         raise ValueError("sha256 must be 64 lower-case hex digits")
+
+
+def _address(v: str) -> None:
+    parse_address(v)
+
+
+def _rpc_url(v: str) -> None:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// JSON-RPC URL")
 
 
 def _client_id(v: str) -> None:
@@ -118,12 +139,40 @@ class ModelCheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """Where the validator reads the validator set and the methodology terms (issue 4)."""
+
+    url: str = setting(check=_rpc_url, doc="JSON-RPC URL of a node of the network's chain")
+    validator_set: str | None = setting(
+        None, check=_address, doc="ValidatorSet address; default: the credit contract's")
+    project_registry: str | None = setting(
+        None, check=_address, doc="ProjectRegistry address; default: the credit contract's")
+    poll_s: float = setting(15.0, gt=0, le=3600, doc="how often the chain is read")
+    activation_delay_s: int = setting(
+        600, ge=0, le=30 * 86400,
+        doc="a set change applies to windows starting this long after its block, or later; "
+            "must be the same at every validator and the ledger, and above poll_s")
+    confirmations: int = setting(0, ge=0, le=10_000,
+                                 doc="read the chain this many blocks below its head")
+    from_block: int = setting(0, ge=0, doc="where to look for ValidatorSetChanged events "
+                                           "(the ValidatorSet's deployment block or earlier)")
+    timeout_s: float = setting(10.0, gt=0, le=300, doc="per JSON-RPC request")
+
+    def __post_init__(self) -> None:
+        if self.activation_delay_s < self.poll_s:
+            raise ValueError(f"activation_delay_s ({self.activation_delay_s}) is below poll_s "
+                             f"({self.poll_s}): a change could apply to windows before this "
+                             "validator reads it")
+
+
+@dataclass(frozen=True, slots=True)
 class ValidatorConfig:
     network_file: Path = setting(doc="the network's TOML file (senken network init)")
     state_dir: Path = DEFAULT_STATE_DIR
     mqtt: MqttConfig = setting(default_factory=MqttConfig)
     http: HttpConfig = setting(default_factory=HttpConfig)
     model: ModelCheckConfig = setting(default_factory=ModelCheckConfig)
+    chain: ChainConfig | None = setting(None, doc="the validator set and terms from the chain")
     grace_s: float = setting(2.0, ge=0, le=3600,
                              doc="wait after a window ends for late readings")
     round_timeout_s: float = setting(2.0, gt=0, le=3600,

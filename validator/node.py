@@ -4,25 +4,42 @@ The runner (validator/app.py) owns the broker connection and the timer; this cla
 decision. Nothing here does I/O or reads the wall clock, so a test drives several nodes through
 a simulated network and clock (tests/unit/test_validator_agreement.py).
 
-    runner ──(topic, payload, now)──▶ on_message ─┐
-    runner ──(now)──────────────────▶ tick ───────┼──▶ [Outbound(topic, payload, qos, retain)]
-                                                  │
-    runner ◀── next_deadline() (when to tick next)┘     stats: NodeStats (metrics)
+    runner ──(topic, payload, now)──▶ on_message ──┐
+    runner ──(now)──────────────────▶ tick ────────┼──▶ [Outbound(topic, payload, qos, retain)]
+    runner ──(schedule, now)────────▶ on_schedule ─┤
+                                                   │
+    runner ◀── next_deadline() (when to tick next)─┘     stats: NodeStats (metrics)
+
+Membership (docs/protocol.md, section 8): every decision about a window that depends on the
+validator set or the methodology uses the set and term the :class:`Schedule` gives for that
+window's start (a window's *view*: its attestation id, terms, set and sorted members): the
+leader, the k haves a proposal needs and whose haves count, whose signatures count and how
+many make its certificate, and the term its attestation is computed under. A node that is not
+a member of a window's set does not take part in it (it still verifies and serves readings).
+A new schedule (``on_schedule``, from the runner's chain watcher) moves each window being
+agreed on whose view changed to its next round under the new view, and looks again at the
+signatures and certificates that were waiting for it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from senken_core import canonical
 from senken_core.attestation import ATTESTATION_KEY_TYPE, Attestation
 from senken_core.errors import EncodingError, PayloadError
 from senken_core.evidence import CertifiedWindow, window_attestation
+from senken_core.membership import MethodologyTerm, Schedule
 from senken_core.merkle import leaf_hash
 from senken_core.network import NetworkConfig, ProjectConfig
-from senken_core.quorum import CertificateError, SignatureCollector, verify_certificate
+from senken_core.quorum import (
+    CertificateError,
+    QuorumCertificate,
+    ValidatorSet,
+    verify_certificate,
+)
 from senken_core.reading import Reading, SignedReading, decode_batch
 from senken_core.registry import DeviceRegistry, RegistryError, SignedDeviceRecord
 from senken_core.secp256k1 import ValidatorKey
@@ -36,12 +53,14 @@ from senken_core.topics import (
 )
 from validator.agreement import (
     MAX_FETCH,
+    Certified,
     Fetch,
     Have,
     OpenedHaves,
     Proposal,
     ReadingsReply,
     Sign,
+    SignatureTally,
     SignedHave,
     WindowKey,
     agreed_readings,
@@ -87,11 +106,16 @@ class NodeStats:
     certificates_published: int = 0  # certified windows this node published (leader or backup)
     certificates_backup: int = 0  # of which as a backup (the leader's did not appear in time)
     certificates_skipped: int = 0  # peers' certified windows for settled windows, not decoded
-
+    schedule_epoch: int = 0  # gauge: the highest validator-set epoch this node knows
+    schedules_applied: int = 0  # schedules (from the chain) that changed something
+    agreements_restarted: int = 0  # windows moved to a new round by a new schedule
 
 
 _DONE_MEMORY = 100_000  # settled windows remembered, so late messages do not reopen them
 _SETTLED_MEMORY = 4096  # settled attestations remembered to skip peers' certified windows
+_PARKED_MEMORY = 256  # certified windows waiting for a schedule (see _park)
+_RECENT_MEMORY = 4096  # certificates of settled windows kept to answer haves for them
+_PARKED_BYTES = 32 << 20
 
 
 @dataclass(slots=True)
@@ -113,10 +137,30 @@ class _Window:
     open: bool = True  # False once closed (its have sent) or settled
 
 
-@dataclass(slots=True)
-class _Agreement:
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """What a settled window's certificate was (to tell whether it still holds under a new
+    schedule), and this node's rejected count for it (to agree on it again if not)."""
+
+    version: int
+    signers: frozenset[bytes]
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the schedule fixes for one window: its attestation id, the project's terms with
+    the methodology term in force, the validator set and its members sorted."""
+
     id: bytes
     terms: ProjectConfig
+    validators: ValidatorSet
+    members: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class _Agreement:
+    view: _View
     round: int = 0
     round_started: float = 0.0  # when this node entered the round (the leader's collect_s)
     timer_from: float = 0.0  # the round's timeout runs from here (see _deadline)
@@ -131,6 +175,22 @@ class _Agreement:
     fetch_round: int = -1
     evidence: dict[bytes, tuple[tuple[SignedReading, ...], SignedReading | None, int]] = \
         field(default_factory=dict)  # digest -> what this node signed it over, and the round
+
+    @property
+    def id(self) -> bytes:
+        return self.view.id
+
+    @property
+    def terms(self) -> ProjectConfig:
+        return self.view.terms
+
+    @property
+    def validators(self) -> ValidatorSet:
+        return self.view.validators
+
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        return self.view.members
 
 
 class _RegistryView:
@@ -162,6 +222,7 @@ class ValidatorNode:
     input: a bad message is counted in ``stats`` and dropped."""
 
     def __init__(self, key: ValidatorKey, network: NetworkConfig, *,
+                 schedule: Schedule | None = None,
                  scorer_for: Callable[[str], Scorer] | None = None, grace_s: float = 2.0,
                  round_timeout_s: float = 2.0, collect_s: float | None = None,
                  repair_delay_s: float = 0.3, history: int = 100_000,
@@ -170,8 +231,10 @@ class ValidatorNode:
         self.address = key.address
         self.network = network
         self.prefix = network.topic_prefix
-        self.validators = network.validator_set()
-        self.members = sorted(self.validators.members)
+        self.schedule = Schedule.from_network(network) if schedule is None else schedule
+        self._known = self.schedule.members_ever()  # whose messages are looked at all
+        self._terms_cache: dict[tuple[str, MethodologyTerm], ProjectConfig] = {}
+        self._members_cache: dict[ValidatorSet, tuple[bytes, ...]] = {}
         self.domain = network.domain()
         self.grace_s = grace_s
         self.round_timeout_s = round_timeout_s
@@ -185,15 +248,23 @@ class ValidatorNode:
                                         scorer_for=scorer_for, clock=lambda: self._now,
                                         max_age_s=max_age_s, max_skew_s=max_skew_s,
                                         history=history)
-        self.collector = SignatureCollector(self.validators, self.domain)
-        self.stats = NodeStats()
+        self.tally = SignatureTally(self.domain)
+        self.stats = NodeStats(schedule_epoch=self.schedule.latest.epoch)
         self._store: dict[str, OrderedDict[int, _Held]] = {}
         self._pending: dict[str, dict[int, SignedReading]] = {}
         self._pending_since: dict[str, float] = {}
         self._fetched_at: dict[str, float] = {}
         self._windows: dict[WindowKey, _Window] = {}
         self._agreements: dict[WindowKey, _Agreement] = {}
-        self._done: OrderedDict[WindowKey, None] = OrderedDict()
+        # settled windows -> the methodology version and the signers of their certificate
+        self._done: OrderedDict[WindowKey, _Settled] = OrderedDict()
+        self._signer_sets: dict[frozenset[bytes], frozenset[bytes]] = {}  # interned
+        # certified windows that do not hold under this node's schedule yet (another term or
+        # set): looked at again when the schedule changes
+        self._parked: OrderedDict[WindowKey, bytes] = OrderedDict()
+        # settled windows -> (when, attestation wire, signatures), to answer late haves
+        self._recent: OrderedDict[WindowKey, tuple[float, bytes, tuple[bytes, ...]]] = \
+            OrderedDict()
         self._current: dict[str, _Window] = {}  # device -> its window readings went to last
         self._opened = OpenedHaves()  # have envelopes already opened, by their bytes
         # attestation id -> (when, the certified window): published by this node unless a
@@ -204,6 +275,15 @@ class ValidatorNode:
         self._settled_lengths: set[int] = set()
         self._agreement_topic = validator_topic(self.address, "agreement", self.prefix)
         self._certificate_topic = validator_topic(self.address, "certificates", self.prefix)
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The chain's current set (the highest epoch known; windows use theirs: _view)."""
+        return self.schedule.latest.validators
+
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        return self.schedule.latest.members
 
     # --- the runner's interface ---------------------------------------------------------
 
@@ -230,7 +310,7 @@ class ValidatorNode:
             address, leaf = peer
             if address == self.address:
                 return out  # our own message, already acted on when it was sent
-            if address not in self.validators.members:
+            if address not in self._known:
                 self._drop("not_a_member")
                 return out
             self.stats.peers_last_seen[address] = now
@@ -268,6 +348,106 @@ class ValidatorNode:
                 self._publish_certified(window, out)
         self.stats.windows_open = len(self._windows) + len(self._agreements)
         return out
+
+    def on_schedule(self, schedule: Schedule, now: float) -> list[Outbound]:
+        """Use ``schedule`` from now on (idempotent: the same schedule again changes nothing).
+
+        Only windows from ``schedule.first_difference(old)`` on are looked at. Certified
+        windows and signatures that waited for a schedule are looked at again first. Each
+        window being agreed on whose view changed moves to its next round under the new view,
+        keeping its own have and the haves of the new set's members (or is dropped if this
+        node is not a member any more). Windows settled by a certificate that does not hold
+        under the new schedule (another methodology version, or fewer than k signers of the
+        window's new set: this node had not read a change its peers had) are taken up again,
+        with a have rebuilt from the readings this node holds."""
+        self._now = now
+        out: list[Outbound] = []
+        if schedule == self.schedule:
+            return out
+        old, self.schedule = self.schedule, schedule
+        self._known = schedule.members_ever()
+        self.stats.schedule_epoch = schedule.latest.epoch
+        self.stats.schedules_applied += 1
+        horizon = schedule.first_difference(old)  # windows before it: nothing changed
+        if horizon is None:
+            return out
+        reopened: list[tuple[WindowKey, _Settled]] = []
+        for key, settled in list(self._done.items()):
+            if key.window_start >= horizon and not self._still_holds(key, settled):
+                del self._done[key]
+                reopened.append((key, settled))
+        if reopened:  # their attestations may come again with other signatures
+            self._settled.clear()
+            self._settled_lengths.clear()
+        restarted: list[WindowKey] = []
+        for key, ag in list(self._agreements.items()):
+            if key.window_start < horizon:
+                continue
+            view = self._view(key)
+            if view == ag.view:
+                continue
+            if view is None or self.address not in view.validators.members:
+                del self._agreements[key]  # not this node's window any more
+                continue
+            self._agreements[key] = self._restarted(ag, view)
+            restarted.append(key)
+        # first what is certified already (no new round for those), then the new rounds
+        parked, self._parked = self._parked, OrderedDict()
+        for payload in parked.values():
+            self._on_certificate(payload)
+        for att in self.tally.waiting():
+            key = WindowKey(att.project, att.device, att.window_start)
+            if key in self._done:
+                self.tally.forget(att.id)
+            else:
+                self._certify(key, att, out)
+        for key in restarted:
+            fresh = self._agreements.get(key)
+            if fresh is not None:
+                self._progress(fresh)
+                if fresh.mine is not None:
+                    out.append(Outbound(self._agreement_topic, fresh.mine.envelope))
+                self._lead(key, fresh, out)
+        for key, settled in reopened:
+            if key not in self._done and key not in self._agreements:
+                self._reopen(key, settled, out)
+        return out
+
+    def _still_holds(self, key: WindowKey, settled: _Settled) -> bool:
+        """Whether the certificate ``key`` was settled by (its methodology version and
+        signers) holds under the current schedule."""
+        view = self._view(key)
+        if view is None:
+            return True  # not this node's to agree on either way
+        validators = view.validators
+        return settled.version == view.terms.methodology_version and \
+            len(settled.signers & validators.members) >= validators.threshold
+
+    def _reopen(self, key: WindowKey, settled: _Settled, out: list[Outbound]) -> None:
+        """Agree on ``key`` again (its certificate does not hold under the new schedule):
+        its have is rebuilt from the readings this node holds for the window (the have it
+        sent is gone with the window's state) and its rejected count. Scans the device's
+        stored readings once."""
+        seconds = self._window_end(key) - key.window_start
+        start_ms, end_ms = key.window_start * 1000, (key.window_start + seconds) * 1000
+        window = _Window(self._now, key.window_start, int(seconds),
+                         rejected=settled.rejected, open=False)
+        for seq, held in self._device_store(key.device).items():
+            if start_ms <= held.reading.ts_ms < end_ms:
+                window.leaves[seq] = held.leaf
+        self._windows[key] = window
+        self._close(key, out)  # nothing if this node is not a member of the window's set
+
+    def _restarted(self, ag: _Agreement, view: _View) -> _Agreement:
+        """``ag`` moved to its next round under ``view`` (the proposal and signature of its
+        current round were made under the old view; one signature per round still holds),
+        with this node's have and the haves of ``view``'s members."""
+        fresh = _Agreement(view, round=ag.round + 1, round_started=self._now,
+                           timer_from=self._now, due_at=ag.due_at, mine=ag.mine,
+                           evidence=ag.evidence)
+        fresh.haves = {s: h for s, h in ag.haves.items() if s in view.validators.members}
+        self.stats.agreements_restarted += 1
+        return fresh
 
     def next_deadline(self) -> float | None:
         times: list[float] = [w.due for w in self._windows.values()]
@@ -451,7 +631,7 @@ class ValidatorNode:
         """Restart the round's timer on progress, a bounded number of times: once when this
         node first holds k haves (its own among them), once per round at its proposal."""
         if ag.spread is None and ag.mine is not None and \
-                len(ag.haves) >= self.validators.threshold:
+                len(ag.haves) >= ag.validators.threshold:
             ag.spread = 0.0 if ag.due_at is None else max(0.0, self._now - ag.due_at)
             ag.timer_from = max(ag.timer_from, self._now)
         if ag.proposal is not None and ag.proposal.round == ag.round \
@@ -460,21 +640,43 @@ class ValidatorNode:
             ag.timer_from = max(ag.timer_from, self._now)
 
     def _agreement(self, key: WindowKey) -> _Agreement | None:
+        """The window's agreement, made when first needed; None for a settled window, an
+        unknown project, a window without a methodology term, or a window whose set does not
+        have this node as a member (it takes no part in it)."""
         ag = self._agreements.get(key)
         if ag is None and key not in self._done:
-            terms = self._projects.get(key.project)
-            if terms is None:
+            view = self._view(key)
+            if view is None or self.address not in view.validators.members:
                 return None
-            wid = ATTESTATION_KEY_TYPE.hash_struct({
-                "project": key.project, "device": key.device, "windowStart": key.window_start,
-                "windowSeconds": terms.window_seconds,
-                "methodologyVersion": terms.methodology_version})
-            ag = _Agreement(wid, terms, round_started=self._now, timer_from=self._now)
+            ag = _Agreement(view, round_started=self._now, timer_from=self._now)
             self._agreements[key] = ag
         return ag
 
+    def _view(self, key: WindowKey) -> _View | None:
+        """What the schedule fixes for the window ``key`` (None: an unknown project, or a
+        window before the project's first methodology term, which the contract would refuse
+        to credit)."""
+        project = self._projects.get(key.project)
+        term = self.schedule.term_for(key.project, key.window_start)
+        if project is None or term is None:
+            return None
+        terms = self._terms_cache.get((project.id, term))
+        if terms is None:
+            terms = replace(project, methodology_version=term.methodology_version,
+                            grid_ef_g_per_kwh=term.grid_ef_g_per_kwh)
+            self._terms_cache[(project.id, term)] = terms
+        validators = self.schedule.validators_for(key.window_start)
+        members = self._members_cache.get(validators)
+        if members is None:
+            members = self._members_cache[validators] = tuple(sorted(validators.members))
+        wid = ATTESTATION_KEY_TYPE.hash_struct({
+            "project": key.project, "device": key.device, "windowStart": key.window_start,
+            "windowSeconds": terms.window_seconds,
+            "methodologyVersion": terms.methodology_version})
+        return _View(wid, terms, validators, members)
+
     def _is_leader(self, ag: _Agreement) -> bool:
-        return leader(self.members, ag.id, ag.round) == self.address
+        return leader(ag.members, ag.id, ag.round) == self.address
 
     def _close(self, key: WindowKey, out: list[Outbound]) -> None:
         """This node's view of the window is final: send its have and start agreeing."""
@@ -513,7 +715,7 @@ class ValidatorNode:
             have = ag.haves[signer]
             missing = self._lacking(key.device, have.have.leaves)
             (lacking if missing else complete).append((have, missing))
-        k, n = self.validators.threshold, len(self.members)
+        k, n = ag.validators.threshold, len(ag.members)
         if len(complete) < k:
             if lacking and ag.fetch_round < ag.round:
                 ag.fetch_round = ag.round
@@ -552,8 +754,13 @@ class ValidatorNode:
             return
         if isinstance(message, SignedHave):
             key = message.have.key
+            if key in self._done:
+                self._answer_settled(key, sender, out)
+                return
             ag = self._agreement(key)
-            if ag is not None:
+            if ag is not None and sender not in ag.validators.members:
+                self._drop("not_a_member")  # a member of another window's set, not this one's
+            elif ag is not None:
                 ag.haves[sender] = message
                 self._progress(ag)
                 if ag.mine is None and self._now >= self._window_end(key) + self.grace_s:
@@ -561,6 +768,8 @@ class ValidatorNode:
                 self._lead(key, ag, out)
         elif isinstance(message, Proposal):
             self._on_proposal(sender, message, out)
+        elif isinstance(message, Certified):
+            self._on_certified(message)
         elif isinstance(message, Sign):
             self._on_sign(message.attestation, message.signature, out)
         elif isinstance(message, Fetch):
@@ -587,15 +796,15 @@ class ValidatorNode:
         ag = self._agreement(key)
         if ag is None:
             return
-        if leader(self.members, ag.id, proposal.round) != sender:
+        if leader(ag.members, ag.id, proposal.round) != sender:
             self._drop("not_leader")
             return
         if proposal.round < ag.round:
             self._drop("old_round")
             return
         signers = [h.signer for h in proposal.haves]
-        if (len(set(signers)) != len(signers) or len(signers) < self.validators.threshold
-                or any(s not in self.validators.members for s in signers)
+        if (len(set(signers)) != len(signers) or len(signers) < ag.validators.threshold
+                or any(s not in ag.validators.members for s in signers)
                 or any(h.have.key != key for h in proposal.haves)
                 or not self._boundary_decodes(key, proposal)):
             self._drop("bad_proposal")
@@ -639,7 +848,7 @@ class ValidatorNode:
         if missing:
             if ag.fetch_round < proposal.round:
                 ag.fetch_round = proposal.round
-                target = leader(self.members, ag.id, proposal.round)
+                target = leader(ag.members, ag.id, proposal.round)
                 for i in range(0, len(missing), MAX_FETCH):
                     out.append(Outbound(self._agreement_topic, Fetch(
                         key.device, tuple(missing[i:i + MAX_FETCH]), target).encode()))
@@ -685,20 +894,40 @@ class ValidatorNode:
         key = WindowKey(att.project, att.device, att.window_start)
         if key in self._done:
             return
-        cert = self.collector.add(att, signature)
-        if cert is None:
-            return
+        if self.tally.add(att, signature, self._known) is None:
+            self._certify(key, att, out)
+
+    def _certify(self, key: WindowKey, att: Attestation, out: list[Outbound]) -> None:
+        """Settle ``key`` if the tally holds a certificate of ``att``'s id by the window's set.
+        Signatures over an attestation of another term than the window's (a peer that has
+        not seen a term change yet, or this node) wait in the tally for a new schedule."""
         ag = self._agreements.get(key)
+        view = ag.view if ag is not None else self._view(key)
+        if view is None or not self._same_terms(att, view):
+            return
+        found = self.tally.certificate(att.id, view.validators)
+        if found is None:
+            return
+        cert, signers = found
+        att = cert.attestation
+        digest = att.digest(self.domain)
         self.stats.certificates += 1
-        evidence = None if ag is None else ag.evidence.get(att.digest(self.domain))
+        evidence = None if ag is None else ag.evidence.get(digest)
         if evidence is not None:
             readings, boundary, round_ = evidence
             window = CertifiedWindow(cert, readings, boundary)
-            if leader(self.members, att.id, round_) == self.address:
+            if leader(view.members, att.id, round_) == self.address:
                 self._publish_certified(window, out)  # the leader of the certified round
             else:  # a backup, in case the leader crashed right after signing
                 self._backups[att.id] = (self._now + self.round_timeout_s, window)
-        self._settle(key, att.id, wire)
+        self._settle(key, cert, signers)
+
+    @staticmethod
+    def _same_terms(att: Attestation, view: _View) -> bool:
+        """Whether ``att`` has the window's attestation id (project, device and start are the
+        key's; the rest of the id is the grid and the methodology version)."""
+        return att.window_seconds == view.terms.window_seconds and \
+            att.methodology_version == view.terms.methodology_version
 
     def _publish_certified(self, window: CertifiedWindow, out: list[Outbound]) -> None:
         self.stats.certificates_published += 1
@@ -723,28 +952,98 @@ class ValidatorNode:
             return
         try:
             window = CertifiedWindow.from_wire(payload)
-            verify_certificate(window.certificate, self.validators, self.domain)
-        except (PayloadError, CertificateError):
+        except PayloadError:
             self._drop("bad_certificate")
             return
-        att = window.attestation
-        self._backups.pop(att.id, None)  # someone published it: no backup needed
-        key = WindowKey(att.project, att.device, att.window_start)
-        if key not in self._done:
-            self._settle(key, att.id, att.to_wire())
+        self._accept(window.certificate, payload)
 
-    def _settle(self, key: WindowKey, attestation_id: bytes, wire: bytes) -> None:
-        """The window is certified: stop agreeing on it and forget its state."""
+    def _on_certified(self, message: Certified) -> None:
+        """A peer's answer to this node's have: the certificate of a window it settled."""
+        try:
+            att = Attestation.from_wire(message.attestation)
+        except PayloadError:
+            self._drop("malformed")
+            return
+        self._accept(QuorumCertificate(att, message.signatures), None)
+
+    def _accept(self, cert: QuorumCertificate, payload: bytes | None) -> None:
+        """Settle the certificate's window if the certificate holds under this node's
+        schedule (k members of the window's set, the window's methodology version); if not,
+        keep it for the next schedule when it may hold then (``payload``: the certified
+        window's wire, else it is rebuilt without readings)."""
+        att = cert.attestation
+        key = WindowKey(att.project, att.device, att.window_start)
+        view = self._view(key)
+        try:
+            signers = verify_certificate(cert, self.schedule.validators_for(att.window_start),
+                                         self.domain)
+            fits = view is not None and self._same_terms(att, view)
+        except CertificateError as exc:
+            if exc.reason not in ("unknown_signer", "too_few"):
+                self._drop("bad_certificate")
+                return
+            fits = False  # perhaps a set this node has not seen yet
+        if not fits:
+            wire = payload or CertifiedWindow(cert, (), None).to_wire()
+            if not self._park(key, wire):
+                self._drop("bad_certificate")
+            return
+        self._backups.pop(att.id, None)  # someone published it: no backup needed
+        if key not in self._done:
+            self._settle(key, cert, signers)
+
+    def _answer_settled(self, key: WindowKey, sender: bytes, out: list[Outbound]) -> None:
+        """A have for ``key``, which this node settled: if it comes a round timeout or more
+        after that from a member of the window's set, its sender is still agreeing (it missed
+        the certificate, or took the window up again after a schedule change); send it the
+        certificate, at most once per round timeout."""
+        recent = self._recent.get(key)
+        if recent is None or self._now < recent[0] + self.round_timeout_s:
+            return
+        view = self._view(key)
+        if view is not None and sender in view.validators.members:
+            _at, wire, signatures = recent
+            self._recent[key] = (self._now, wire, signatures)
+            out.append(Outbound(self._agreement_topic, Certified(wire, signatures).encode()))
+
+    def _park(self, key: WindowKey, payload: bytes) -> bool:
+        """Keep a certified window that does not hold under this node's schedule (signed by
+        a set or under a term it has not seen yet) until the next schedule, at most
+        ``_PARKED_MEMORY`` of them and ``_PARKED_BYTES`` in all (one per window, the latest).
+        False (not kept) for a window already settled."""
+        if key in self._done or len(payload) > _PARKED_BYTES:
+            return False
+        self._parked.pop(key, None)
+        self._parked[key] = payload
+        while len(self._parked) > _PARKED_MEMORY or \
+                sum(map(len, self._parked.values())) > _PARKED_BYTES:
+            self._parked.popitem(last=False)
+        self._drop("certificate_parked")
+        return True
+
+    def _settle(self, key: WindowKey, cert: QuorumCertificate,
+                signers: Iterable[bytes]) -> None:
+        """The window is certified: stop agreeing on it and forget its state (but its
+        certificate, for a while: _answer_settled)."""
+        att = cert.attestation
         ag = self._agreements.pop(key, None)
         window = self._windows.pop(key, None)
         if window is not None:
             window.open = False
         if ag is not None and ag.due_at is not None:
             self.stats.quorum_latency_s.append(self._now - ag.due_at)
-        self.collector.forget(attestation_id)
-        self._done[key] = None
+        attestation_id, wire = att.id, att.to_wire()
+        self.tally.forget(attestation_id)
+        self._parked.pop(key, None)
+        by = frozenset(signers)
+        rejected = 0 if ag is None or ag.mine is None else ag.mine.have.rejected
+        self._done[key] = _Settled(att.methodology_version,
+                                   self._signer_sets.setdefault(by, by), rejected)
         while len(self._done) > _DONE_MEMORY:
             self._done.popitem(last=False)
+        self._recent[key] = (self._now, wire, cert.signatures)
+        while len(self._recent) > _RECENT_MEMORY:
+            self._recent.popitem(last=False)
         self._settled[wire] = attestation_id
         self._settled_lengths.add(len(wire))
         while len(self._settled) > _SETTLED_MEMORY:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from senken_core.keys import READING_TAG, DeviceKey
+from senken_core.membership import Schedule
 from senken_core.network import NetworkConfig
 from senken_core.reading import Reading, SignedReading, encode_batch
 from senken_core.registry import DeviceRecord
@@ -109,6 +110,12 @@ class SimNet:
 
     def register(self, device: Device, **kw: object) -> None:
         self.publish(registry_topic(device.name, PREFIX), device.record(**kw))  # type: ignore[arg-type]
+
+    def give_schedule(self, i: int, schedule: Schedule) -> None:
+        """Node ``i`` reads ``schedule`` from the chain now (its next poll), and sends what
+        that makes it send."""
+        if i not in self.down:
+            self._emit(i, self.nodes[i].on_schedule(schedule, self.now))
 
     def crash(self, i: int) -> None:
         self.down.add(i)
