@@ -398,20 +398,25 @@ class ValidatorRunner:
         try:
             schedule = await asyncio.to_thread(self.chain.poll)
         except SenkenError as exc:
-            self.chain_errors += 1
+            self._chain_failed()
             if self.chain_errors % 20 == 1:
                 log.warning("%s (failed polls: %d); keeping the schedule the node has",
                             exc, self.chain_errors)
             return
         except Exception:  # a bug in the watcher: say so, keep the validator running
-            self.chain_errors += 1
+            self._chain_failed()
             log.exception("the chain watcher failed")
             return
         if self.chain_errors:
             log.info("the chain answers again after %d failed polls", self.chain_errors)
-            self.chain_errors = 0
+            self.chain_errors = self.state.chain_polls_failing = 0
         if schedule is not None:
             self.apply_schedule(schedule)
+
+    def _chain_failed(self) -> None:
+        self.chain_errors += 1
+        self.state.chain_poll_failures += 1
+        self.state.chain_polls_failing = self.chain_errors
 
     async def _chain_loop(self) -> None:
         poll_s = self.cfg.chain.poll_s if self.cfg.chain is not None else 15.0

@@ -75,6 +75,9 @@ class StatsLike(Protocol):
     registry_devices: int
     registry_refused: dict[str, int]
     windows_open: int
+    schedule_epoch: int
+    schedules_applied: int
+    agreements_restarted: int
 
 
 @dataclass
@@ -90,6 +93,8 @@ class RunnerState:
     publish_failures: int = 0
     outbound_dropped: int = 0
     outbound_queued: int = 0
+    chain_poll_failures: int = 0  # chain polls that failed (the node keeps its schedule)
+    chain_polls_failing: int = 0  # gauge: failed in a row, 0 once the chain answers
     started_at: float = field(default_factory=time.time)
 
 
@@ -227,6 +232,16 @@ class _NodeCollector(Collector):
         yield by_label("registry_refused", "Registry records refused, by reason", "reason",
                        _copy(lambda: dict(s.registry_refused)))
         yield gauge("windows_open", "Windows collecting readings", s.windows_open)
+        yield gauge("validator_set_epoch", "The highest validator-set epoch this node knows "
+                    "from the chain (0: the network file's set)", s.schedule_epoch)
+        yield counter("schedules_applied", "Schedules read from the chain that changed a "
+                      "validator set or a methodology term", s.schedules_applied)
+        yield counter("agreements_restarted", "Windows moved to a new round by a new "
+                      "schedule", s.agreements_restarted)
+        yield counter("chain_poll_failures", "Chain polls that failed (the schedule is kept)",
+                      st.chain_poll_failures)
+        yield gauge("chain_polls_failing", "Chain polls failed in a row (0: the chain "
+                    "answers)", st.chain_polls_failing)
         yield gauge("mqtt_connected", "1 when connected to the broker", int(st.connected))
         yield counter("mqtt_connections", "Successful broker connections", st.connections)
         yield counter("mqtt_messages_received", "Messages received from the broker",

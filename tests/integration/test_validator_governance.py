@@ -15,6 +15,7 @@ window after the switch with the new validator's signature.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -362,6 +363,14 @@ def test_validator_processes_pick_up_a_new_validator_from_the_chain(
                 assert len(signers) == 4 and ADDR[4] in signers
         health = processes[-1].health()
         assert health is not None and health["attestations_signed"] >= 2
+        # operators see the change on /metrics: the set's epoch, the schedule applied, and
+        # the chain answering
+        for process in processes:
+            metrics = process.metrics()
+            assert "senken_validator_validator_set_epoch 2.0" in metrics, metrics
+            assert "senken_validator_chain_polls_failing 0.0" in metrics
+            assert re.search(r"^senken_validator_schedules_applied_total [1-9]", metrics,
+                             re.MULTILINE), metrics
 
 
 class _Feeder:
