@@ -7,6 +7,8 @@
                  ─▶ FastAPI app ── uvicorn, in the same event loop
                  ─▶ TimeSeriesExporter (only with [timeseries] url) ◀── LedgerPointSource
                  ─▶ MintWorker + ChainMirror (only with [chain] url) ◀── the log (ledger.chain_app)
+                 ─▶ ScheduleFollower (only with [chain] url) ──▶ Ledger: validator sets and
+                    methodology terms from the chain instead of the network file's
 
 Nothing is created at import time. :meth:`LedgerApp.run` runs until its ``stop`` event is set
 or a part stops (the HTTP server on SIGINT/SIGTERM); then it stops the rest.
@@ -47,7 +49,7 @@ class LedgerApp:
         self.config = config
         self.network = network or load_network_config(config.network_path)
         self.store = LedgerStore.open(config.db_url)
-        self.ledger = Ledger(self.network, self.store)
+        self.ledger = Ledger(self.network, self.store, follow_chain=bool(config.chain.url))
         self.ingest = MqttIngest(self.ledger, config.mqtt, self.network.topic_prefix)
         self.exporter: Any = None
         ts = config.timeseries
@@ -62,7 +64,7 @@ class LedgerApp:
             from ledger.chain_app import open_chain
 
             self.chain = open_chain(config.chain, self.network, self.store, w3=w3,
-                                    addresses=addresses)
+                                    addresses=addresses, ledger=self.ledger)
         self.api = create_api(
             self.store, self.ledger, mqtt_status=self.ingest.status,
             timeseries_status=self.exporter.status if self.exporter is not None else None,
@@ -92,6 +94,8 @@ class LedgerApp:
             parts.append(self.chain.run_minter(stop))
             if self.chain.mirror is not None:
                 parts.append(self.chain.mirror.run(stop))
+            if self.chain.follower is not None:
+                parts.append(self.chain.follower.run(stop))
         tasks = [asyncio.create_task(p) for p in parts]
         stopping = asyncio.create_task(stop.wait())
         try:

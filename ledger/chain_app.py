@@ -1,10 +1,18 @@
 """Wiring the chain side of the ledger from its ``[chain]`` config: node, minter key,
-addresses, minting worker, event mirror (used by ``ledger.app``; nothing runs at import).
+addresses, the schedule follower, minting worker, event mirror (used by ``ledger.app``;
+nothing runs at import).
 
 ::
 
     [chain] url ──▶ ChainNode ──▶ TxSender (minter key) ──▶ MintWorker ◀── the log (mint table)
+                             ├──▶ ScheduleFollower ──▶ Ledger.on_schedule (sets and terms)
                              └──────────────────────────▶ ChainMirror ──▶ credit tables ──▶ API
+
+The follower reads the validator sets and methodology terms exactly as the validators do
+(:class:`senken_core.chain_schedule.ChainWatcher`, with ``[chain] activation_delay_s``, which
+must be theirs) every ``poll_interval_s``, at the block ``confirmations`` deep, and hands the
+schedule and that block's timestamp to the ledger: certificates are checked against the set
+and term of their window once that is final (``ledger.service``).
 
 Checked when built, without the node: the addresses file is for the network file's chain and
 credit contract (else validators sign for a domain the contract does not verify: every mint
@@ -19,9 +27,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from web3 import Web3
 from web3.types import Wei
@@ -32,13 +41,17 @@ from ledger.chain_tx import TxSender
 from ledger.config import ChainConfig
 from ledger.credit_store import CreditStore
 from ledger.deploy import Addresses, network_mismatch
-from ledger.minting import MintHooks, MintWorker
-from ledger.store import LedgerStore
+from ledger.minting import MintHooks, MintWorker, _wait
+from ledger.store import LedgerStore, StoreError
+from senken_core.chain_schedule import ChainError as ScheduleReadError
+from senken_core.chain_schedule import ChainWatcher, ScheduleRead
 from senken_core.errors import ConfigError, KeyFileError
 from senken_core.keys import check_key_file
+from senken_core.membership import Schedule
 from senken_core.network import NetworkConfig
 
-__all__ = ["ChainMismatch", "ChainServices", "load_minter_key", "open_chain"]
+__all__ = ["ChainMismatch", "ChainServices", "ScheduleFollower", "ScheduleSink",
+           "load_minter_key", "open_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +87,105 @@ def load_minter_key(path: Path) -> bytes:
     return key
 
 
+class ScheduleSink(Protocol):
+    """What the follower feeds: :class:`ledger.service.Ledger`."""
+
+    def on_schedule(self, schedule: Schedule, block: int, block_timestamp: int) -> Any: ...
+
+    def waiting_for(self) -> int | None: ...
+
+    def window_epoch(self, window_start: int) -> int | None: ...
+
+
+class _Watcher(ChainWatcher):
+    log = logging.getLogger(__name__)  # the ledger's logger, not senken_core's
+
+
+class ScheduleFollower:
+    """Reads the schedule from the chain and hands it to the ledger (module docstring)."""
+
+    def __init__(self, watcher: ChainWatcher, node: ChainNode, sink: ScheduleSink, *,
+                 poll_interval_s: float = 1.0) -> None:
+        self.watcher = watcher
+        self.node = node
+        self.sink = sink
+        self.poll_interval_s = poll_interval_s
+        self.last: ScheduleRead | None = None
+        self.last_error: str | None = None
+        self.reads = 0
+
+    @classmethod
+    def of(cls, config: ChainConfig, network: NetworkConfig, node: ChainNode,
+           addresses: Addresses, sink: ScheduleSink) -> ScheduleFollower:
+        """A follower of the deployment at ``addresses`` (from its deployment block on)."""
+        watcher = _Watcher(node.w3, network, activation_delay_s=config.activation_delay_s,
+                           validator_set=addresses.validator_set,
+                           project_registry=addresses.registry,
+                           # [chain] confirmations counts the block itself, as for receipts
+                           confirmations=config.confirmations - 1,
+                           from_block=addresses.deployed_block, where=node.label)
+        return cls(watcher, node, sink, poll_interval_s=config.poll_interval_s)
+
+    def status(self) -> dict[str, Any]:
+        last = self.last
+        return {"reads": self.reads, "last_error": self.last_error,
+                "block": None if last is None else last.block,
+                "block_timestamp": None if last is None else last.block_timestamp,
+                "epoch": None if last is None else last.schedule.latest.epoch,
+                "activation_delay_s": self.watcher.activation_delay_s}
+
+    def _read(self) -> ScheduleRead | None:
+        # one read at a time on the node: py-evm (an in-process chain) is not thread-safe,
+        # and ChainNode's lock is what the minter and the mirror hold for it
+        with self.node._guard():
+            return self.watcher.read()
+
+    def step(self) -> bool:
+        """Read the chain once and hand the schedule over; False while the chain has no
+        block deep enough. Raises ScheduleReadError (the chain) and StoreError (retrying
+        the waiting certificates)."""
+        read = self._read()
+        if read is None:
+            return False
+        waiting = self.sink.waiting_for()
+        if self.node.in_process and waiting is not None \
+                and read.block_timestamp <= waiting < time.time():
+            # a chain in this process mines only on transactions; a network's chain mines
+            # on its own, and this one must too for the waiting certificate to be judged
+            with self.node._guard():
+                self.node.w3.provider.make_request("evm_mine", [1])  # type: ignore[arg-type]
+            read = self._read() or read
+        self.last = read
+        self.reads += 1
+        self.sink.on_schedule(read.schedule, read.block, read.block_timestamp)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow until ``stop`` is set; the chain or the database failing is logged and
+        retried after a capped backoff, never raised."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.step)
+            except (ScheduleReadError, StoreError) as exc:
+                failures += 1
+                self.last_error = str(exc)
+                (log.warning if failures == 1 else log.debug)(
+                    "reading the validator set and terms failed (certificates wait): %s", exc)
+            except Exception as exc:  # one bad moment never ends the loop
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("schedule round failed")
+            else:
+                if failures:
+                    log.info("reading the validator set and terms again")
+                failures = 0
+                self.last_error = None
+            delay = self.poll_interval_s if not failures else \
+                min(60.0, self.poll_interval_s * 2.0 ** min(failures, 10))
+            await _wait(stop, delay)
+
+
 @dataclass
 class ChainServices:
     """The chain side of a running ledger."""
@@ -86,6 +198,7 @@ class ChainServices:
     mirror: ChainMirror | None
     expected_chain_id: int
     disabled: str | None = None  # why minting stopped for good (a ChainMismatch)
+    follower: ScheduleFollower | None = None  # the ledger's sets and terms from the chain
 
     def check_chain(self) -> None:
         """Raise ChainMismatch unless the node is the deployment's chain."""
@@ -103,6 +216,8 @@ class ChainServices:
                                "minting": self.minter.status(), "disabled": self.disabled}
         if self.mirror is not None:
             out["mirror"] = self.mirror.status()
+        if self.follower is not None:
+            out["schedule"] = self.follower.status()
         return out
 
     async def run_minter(self, stop: asyncio.Event) -> None:
@@ -142,11 +257,14 @@ def _check_addresses(network: NetworkConfig, addresses: Addresses, config: Chain
 
 def open_chain(config: ChainConfig, network: NetworkConfig, store: LedgerStore, *,
                w3: Web3 | None = None, addresses: Addresses | None = None,
-               hooks: MintHooks | None = None) -> ChainServices:
+               hooks: MintHooks | None = None,
+               ledger: ScheduleSink | None = None) -> ChainServices:
     """Build the chain side (nothing runs yet). ``w3`` reuses a chain that exists in this
     process (``url = "eth-tester"`` and a demo that deployed into it); ``addresses`` stand for
-    ``[chain] addresses_file``. Raises ConfigError, KeyFileError, AddressesError, ChainError
-    (eth-tester not installed)."""
+    ``[chain] addresses_file``; ``ledger``: fed the schedule read from the chain (a
+    :class:`ScheduleFollower`; its set epochs also tell the minter which certificates are
+    stale). Raises ConfigError, KeyFileError, AddressesError, ChainError (eth-tester not
+    installed)."""
     if config.url is None:
         raise ConfigError("[chain]", ["url: not set, so there is no chain to mint on"])
     node = ChainNode.connect(config.url, w3=w3, timeout_s=config.request_timeout_s)
@@ -175,10 +293,15 @@ def open_chain(config: ChainConfig, network: NetworkConfig, store: LedgerStore, 
                         confirmations=config.confirmations,
                         receipt_timeout_s=config.receipt_timeout_s,
                         max_in_flight=config.max_in_flight,
-                        poll_interval_s=config.poll_interval_s, hooks=hooks)
+                        poll_interval_s=config.poll_interval_s, hooks=hooks,
+                        validator_set=addresses.validator_set,
+                        window_epoch=None if ledger is None else ledger.window_epoch)
     mirror = ChainMirror(credits, node, addresses, reorg_depth=config.reorg_depth,
                          poll_interval_s=config.poll_interval_s) if config.mirror else None
-    return ChainServices(node, sender, addresses, credits, minter, mirror, addresses.chain_id)
+    follower = None if ledger is None else ScheduleFollower.of(config, network, node,
+                                                               addresses, ledger)
+    return ChainServices(node, sender, addresses, credits, minter, mirror, addresses.chain_id,
+                         follower=follower)
 
 
 def _tester_key(node: ChainNode) -> bytes:

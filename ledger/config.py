@@ -18,10 +18,12 @@ Example (``senken ledger init`` writes one)::
     [timeseries]            # optional: export readings to InfluxDB / VictoriaMetrics
     url = "http://127.0.0.1:8428"
 
-    [chain]                 # optional: mint every logged attestation (docs/ledger.md, Minting)
+    [chain]                 # optional: follow governance and mint every logged attestation
+                            # (docs/ledger.md, Governance and Minting)
     url = "http://127.0.0.1:8545"       # or "eth-tester": a chain inside this process
     minter_key_file = "/etc/senken/minter.key"
     addresses_file = "/etc/senken/addresses.json"    # senken chain deploy --out
+    activation_delay_s = 600            # must equal every validator's [chain] activation_delay_s
 
 Environment: ``SENKEN_LEDGER_MQTT__HOST=...`` overrides ``[mqtt] host``;
 ``SENKEN_LEDGER_CONFIG`` names the file.
@@ -114,7 +116,8 @@ class ChainConfig:
     addresses_file: Path | None = setting(None, doc="contract addresses JSON (senken chain "
                                                     "deploy --out)")
     confirmations: int = setting(1, ge=1, le=1000, doc="blocks a mint's receipt must be deep "
-                                                       "to count as minted")
+                                                       "to count as minted, and a block to "
+                                                       "have its validator set and terms read")
     poll_interval_s: float = setting(1.0, gt=0, le=600, doc="how often to look at the log and "
                                                             "the chain when idle")
     receipt_timeout_s: float = setting(120.0, gt=0, le=86_400,
@@ -127,6 +130,11 @@ class ChainConfig:
     reorg_depth: int = setting(12, ge=0, le=10_000, doc="blocks the event mirror re-reads")
     mirror: bool = setting(True, doc="mirror the contracts' events into the database")
     request_timeout_s: float = setting(10.0, gt=0, le=600)
+    activation_delay_s: int = setting(
+        600, ge=0, le=30 * 86400,
+        doc="a validator-set change applies to windows starting this long after its block, or "
+            "later (docs/protocol.md, section 8); must equal every validator's [chain] "
+            "activation_delay_s, or the ledger judges certificates against other sets")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,12 @@
 Every attestation appended to the log gets a row in the mint table (``ledger_mint``,
 :mod:`ledger.credit_store`); :class:`MintWorker` moves each row along::
 
-    log ──enqueue──▶ queued ──eth_call──┬─ reverts ──▶ failed (the custom error:
-                       ▲                │             TooFewSignatures, Co2eMismatch, ...),
+    log ──enqueue──▶ queued ──current set──▶ fewer than k of its members signed, and the
+                       ▲                      certificate is another set's ──▶ failed
+                       │                      (StaleQuorum), nothing sent; else, without
+                       │                      non-members' signatures:
+                       │    ──eth_call──┬─ reverts ──▶ failed (the custom error:
+                       │                │             TooFewSignatures, Co2eMismatch, ...),
                        │                │             never retried blindly; AlreadyMinted
                        │                │             ──▶ minted (by an earlier transaction)
                        │                └─ gas estimate, nonce, sign; row ──▶ sent
@@ -28,6 +32,18 @@ anything is sent: ``mintedIn(id)`` (minted: the row is marked so, from the ``Att
 log), then the receipt and the pool; only a row the chain says is not minted and whose
 transaction is not pending is sent again, with its own nonce while that nonce is still free
 (so no hole stalls later transactions) or a new one.
+
+**The current set.** ``SenkenCredits.mint`` checks the signatures against the validator set
+the chain holds *now* (``ValidatorSet.checkQuorum``: every signer a current member, at least the
+current k), not against the set of the window, which the ledger checked the certificate under
+(docs/protocol.md, section 8). So each round reads ``ValidatorSet.validators()`` first and
+mints a row with its certificate's signatures by current members only (in the certificate's
+order: signer address), leaving out those of removed validators, which would revert the whole
+mint with ``UnknownSigner``. If fewer than the current k remain and the certificate was made
+under another set (a signature was left out, or the window's set, as the ledger's schedule
+says, is of an older epoch), the row fails with ``StaleQuorum`` ("needs re-signing by the
+current set") without a transaction: the certificate can only be minted once it is signed
+again, which this version does not collect.
 
 **Never in the way.** The worker reads the log, it is not called by the append: an append
 commits whatever the chain does. :meth:`MintWorker.run` is an asyncio task beside the ingest
@@ -64,18 +80,24 @@ from ledger.chain_node import (
 from ledger.chain_tx import SignedTx, TxSender
 from ledger.credit_store import FAILED, MINTED, QUEUED, SENT, CreditStore, MintRecord
 from ledger.store import StoreError
-from senken_core.attestation import Attestation
+from senken_core.attestation import Attestation, senken_domain
 from senken_core.credit_contracts import load_artifact
 from senken_core.eip712 import keccak256
+from senken_core.errors import SignatureError
 from senken_core.evidence import CertifiedWindow
+from senken_core.secp256k1 import recover_address
 
-__all__ = ["TRANSIENT_ERRORS", "MintHooks", "MintWorker", "attestation_args"]
+__all__ = ["STALE_QUORUM", "TRANSIENT_ERRORS", "CurrentSet", "MintHooks", "MintWorker",
+           "attestation_args"]
 
 log = logging.getLogger(__name__)
 
 # Reverts that say "not yet" rather than "never": the row stays queued and is tried again after
 # retry_delay_s (the chain's clock is behind the window's end).
 TRANSIENT_ERRORS = frozenset({"WindowNotEnded"})
+# A certificate of a set that has changed since, which the current set does not accept: not a
+# contract error (nothing is sent), named like one in the mint table's ``error`` column.
+STALE_QUORUM = "StaleQuorum"
 _MAX_GAS_BUMPS = 2
 _MAX_FEE_LEVEL = 10  # replacements of one transaction; after that it waits as it is
 _BACKOFF_BASE_S = 0.5
@@ -95,6 +117,13 @@ def _selector(contract: str, function: str) -> bytes:
                 raise RuntimeError(f"SenkenCredits.mint takes {types}, not {_MINT_TYPES}")
             return keccak256(f"{function}({','.join(types)})".encode())[:4]
     raise RuntimeError(f"{contract} has no function {function}")
+
+
+def _signer(digest: bytes, signature: bytes) -> bytes | None:
+    try:
+        return recover_address(digest, signature)
+    except SignatureError:
+        return None
 
 
 def _now_ms() -> int:
@@ -126,19 +155,43 @@ class _Minted:
     units: int
 
 
+@dataclass(frozen=True, slots=True)
+class CurrentSet:
+    """``ValidatorSet.validators()`` as last read: 20-byte members, k, epoch."""
+
+    members: frozenset[bytes]
+    threshold: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """A logged certificate's attestation and its signatures with their signers (None where
+    a signature recovers no address: the ledger checked it, so never in practice)."""
+
+    attestation: Attestation
+    signatures: tuple[tuple[bytes | None, bytes], ...]
+
+
 Change = tuple[bytes, Mapping[str, Any]]
+Call = tuple[bytes, tuple[Any, ...]]  # calldata, gas group
 
 
 class MintWorker:
     """Mints the log's attestations through ``sender`` to the credit contract at
     ``credits_address`` (module docstring). ``first_block``: where the contract's logs start
-    (the deployment's block), for looking up mints this ledger did not record."""
+    (the deployment's block), for looking up mints this ledger did not record.
+    ``validator_set``: the ValidatorSet's address (default: the credit contract's
+    ``validatorSet()``, read once). ``window_epoch(window_start)``: the epoch of the set the
+    ledger checked a window's certificate under (its schedule), None when unknown."""
 
     def __init__(self, credits: CreditStore, sender: TxSender, credits_address: str, *,
                  first_block: int = 0, confirmations: int = 1,
                  receipt_timeout_s: float = 120.0, max_in_flight: int = 64,
                  poll_interval_s: float = 1.0, retry_delay_s: float = 30.0,
-                 retry_max_s: float = 60.0, hooks: MintHooks | None = None) -> None:
+                 retry_max_s: float = 60.0, hooks: MintHooks | None = None,
+                 validator_set: str | None = None,
+                 window_epoch: Callable[[int], int | None] | None = None) -> None:
         if confirmations < 1 or max_in_flight < 1:
             raise ValueError("confirmations and max_in_flight must be at least 1")
         self.credits = credits
@@ -160,8 +213,15 @@ class MintWorker:
                                              abi=load_artifact("SenkenCredits").abi)
         self._events = EventCodec({"SenkenCredits": self.address})
         self._minted_topic = self._events.topic("SenkenCredits", "AttestationMinted")
-        self._calldata: OrderedDict[bytes, tuple[bytes, tuple[Any, ...]]] = OrderedDict()
+        self._calldata: OrderedDict[tuple[bytes, int], Call] = OrderedDict()  # (id, epoch)
+        self._signed: OrderedDict[bytes, _Signed] = OrderedDict()
         self._mint_selector = _selector("SenkenCredits", "mint")
+        self._set_of_credits = "0x" + _selector("SenkenCredits", "validatorSet").hex()
+        self._validators_call = "0x" + _selector("ValidatorSet", "validators").hex()
+        self._set_address = None if validator_set is None else to_checksum_address(
+            validator_set)
+        self._window_epoch = window_epoch
+        self.current: CurrentSet | None = None  # the validator set as last read
 
     # -- status --------------------------------------------------------------------------
 
@@ -171,9 +231,13 @@ class MintWorker:
             table: dict[str, int] | None = self.credits.mint_counts()
         except StoreError:
             table = None
+        current = self.current
         return {"minter": self.sender.address, "credits": self.address,
                 "reconciled": self.reconciled, "rows": table, "outcomes": dict(self.counts),
-                "last_error": self.last_error}
+                "last_error": self.last_error,
+                "validator_set": None if current is None else {
+                    "epoch": current.epoch, "threshold": current.threshold,
+                    "members": len(current.members)}}
 
     # -- the chain's view ----------------------------------------------------------------
 
@@ -210,28 +274,101 @@ class MintWorker:
                 return found
         return None
 
-    def _mint_calls(self, rows: Sequence[MintRecord]) -> list[tuple[bytes, tuple[Any, ...]]]:
-        """The ``mint(attestation, signatures)`` calldata of each row, from its logged
-        evidence, and its gas group (below); kept in a small cache, for replacements."""
-        missing = [r.attestation_id for r in rows if r.attestation_id not in self._calldata]
+    def current_set(self) -> CurrentSet:
+        """Read ``ValidatorSet.validators()`` at the latest block (kept in :attr:`current`).
+        Raises ChainError."""
+        if self._set_address is None:
+            raw = self.node.call({"to": self.address, "data": self._set_of_credits})
+            self._set_address = to_checksum_address(abi_decode(["address"], raw)[0])
+        raw = self.node.call({"to": self._set_address, "data": self._validators_call})
+        members, k, epoch = abi_decode(["address[]", "uint256", "uint256"], raw)
+        current = CurrentSet(frozenset(bytes.fromhex(m[2:]) for m in members), int(k),
+                             int(epoch))
+        if self.current is not None and current.epoch != self.current.epoch:
+            log.info("validator set epoch %d on chain: %d members, k = %d", current.epoch,
+                     len(current.members), current.threshold)
+        self.current = current
+        return current
+
+    def _signed_of(self, rows: Sequence[MintRecord]) -> list[_Signed]:
+        """Each row's certificate, from its logged evidence, with every signature's signer
+        (kept in a small cache)."""
+        missing = [r.attestation_id for r in rows if r.attestation_id not in self._signed]
         if missing:
             found = self.credits.evidences(missing)
+            domain = senken_domain(self.sender.chain_id, bytes.fromhex(self.address[2:]))
             for att in missing:
                 evidence = found.get(att)
                 if evidence is None:  # the mint table is derived from the log: cannot happen
                     raise StoreError(f"mint row {att.hex()} has no log entry")
                 cert = CertifiedWindow.from_wire(evidence).certificate
-                a = cert.attestation
-                data = self._mint_selector + abi_encode(
-                    _MINT_TYPES, [attestation_args(a), list(cert.signatures)])
-                year = time.gmtime(a.window_start).tm_year
-                self._calldata[att] = (data, (len(data), a.project, a.methodology, year))
-                while len(self._calldata) > _CALLDATA_CACHE:
-                    self._calldata.popitem(last=False)
-        return [self._calldata[r.attestation_id] for r in rows]
+                digest = cert.attestation.digest(domain)
+                self._signed[att] = _Signed(cert.attestation, tuple(
+                    (_signer(digest, sig), sig) for sig in cert.signatures))
+                while len(self._signed) > _CALLDATA_CACHE:
+                    self._signed.popitem(last=False)
+        return [self._signed[r.attestation_id] for r in rows]
 
-    def _mint_data(self, rows: Sequence[MintRecord]) -> list[bytes]:
-        return [data for data, _ in self._mint_calls(rows)]
+    def _mint_calls(self, rows: Sequence[MintRecord], current: CurrentSet, *,
+                    strict: bool = True) -> list[Call | str]:
+        """The ``mint(attestation, signatures)`` calldata of each row under the ``current``
+        set (module docstring: the signatures of current members, in the certificate's
+        order) and its gas group (see :meth:`_estimate_groups`); kept in a small cache, for
+        replacements. Where the current set does not accept the certificate and it was made
+        under another set: the ``StaleQuorum`` detail (``strict``), or the calldata with every
+        signature of the certificate (not ``strict``: for a transaction that must fill its
+        nonce, and which the contract then refuses with its own error)."""
+        out: list[Call | str] = []
+        for row, signed in zip(rows, self._signed_of(rows), strict=True):
+            key = (row.attestation_id, current.epoch)
+            found = self._calldata.get(key)
+            if found is None:
+                problem = self._stale(signed, current)
+                if problem is not None and strict:
+                    out.append(problem)
+                    continue
+                sigs = [sig for signer, sig in signed.signatures
+                        if problem is not None or signer in current.members]
+                found = self._encode(signed.attestation, sigs)
+                if problem is None and len(sigs) < len(signed.signatures):
+                    log.info("mint of %s...: %d signature(s) of validators no longer in the "
+                             "set (epoch %d) left out", row.attestation_id.hex()[:16],
+                             len(signed.signatures) - len(sigs), current.epoch)
+                if problem is None:
+                    self._calldata[key] = found
+                    while len(self._calldata) > _CALLDATA_CACHE:
+                        self._calldata.popitem(last=False)
+            out.append(found)
+        return out
+
+    def _stale(self, signed: _Signed, current: CurrentSet) -> str | None:
+        """Why the current set does not accept ``signed`` and new signatures are needed, or
+        None: it does, or it was made under the current set (then the contract's own check
+        names what is wrong, TooFewSignatures, before anything is sent)."""
+        kept = sum(signer in current.members for signer, _ in signed.signatures)
+        if kept >= current.threshold:
+            return None
+        dropped = len(signed.signatures) - kept
+        epoch = None if self._window_epoch is None else self._window_epoch(
+            signed.attestation.window_start)
+        if not dropped and (epoch is None or epoch == current.epoch):
+            return None
+        return (f"needs re-signing by the current set: {kept} of its "
+                f"{len(signed.signatures)} signers are members of the set of epoch "
+                f"{current.epoch}, which needs k = {current.threshold}"
+                + ("" if epoch is None else f" (the window's set is epoch {epoch})"))
+
+    def _encode(self, a: Attestation, signatures: Sequence[bytes]) -> Call:
+        data = self._mint_selector + abi_encode(_MINT_TYPES,
+                                                [attestation_args(a), list(signatures)])
+        year = time.gmtime(a.window_start).tm_year
+        return data, (len(data), a.project, a.methodology, year)
+
+    def _mint_data(self, row: MintRecord) -> bytes:
+        """The calldata to (re-)send or replay ``row`` with, under the set last read."""
+        call = self._mint_calls([row], self.current or self.current_set(), strict=False)[0]
+        assert not isinstance(call, str)
+        return call[0]
 
     # -- row changes ---------------------------------------------------------------------
 
@@ -274,10 +411,19 @@ class MintWorker:
         return (att, {"state": FAILED, "error": exc.error or "Reverted",
                       "detail": exc.signature, "tx_hash": row.tx_hash})
 
+    def _stale_quorum(self, row: MintRecord, detail: str) -> Change:
+        token_id = self.minted_in(row.attestation_id)  # minted before the set changed?
+        if token_id:
+            return self._minted_elsewhere(row, token_id, "minted before")
+        self.counts[f"failed:{STALE_QUORUM}"] += 1
+        log.warning("mint of %s... not sent: %s", row.attestation_id.hex()[:16], detail)
+        return (row.attestation_id, {"state": FAILED, "error": STALE_QUORUM, "detail": detail,
+                                     "tx_hash": None})
+
     def _after_revert(self, row: MintRecord, receipt: Receipt) -> Change:
         """A mined transaction reverted: replay it on the state before its block to name
         the error; an out-of-gas goes back to the queue with twice the gas margin."""
-        data = self._mint_data([row])[0]
+        data = self._mint_data(row)
         try:
             self.node.call({"from": self.sender.address, "to": self.address,
                             "data": "0x" + data.hex()}, max(0, receipt.block_number - 1))
@@ -400,7 +546,7 @@ class MintWorker:
         level = min(row.fee_level + 1, _MAX_FEE_LEVEL)
         if row.fee_level >= _MAX_FEE_LEVEL and why == "still pending":
             return  # bumped enough: wait for the network
-        signed = self.sender.sign(self.address, self._mint_data([row])[0], nonce=row.nonce,
+        signed = self.sender.sign(self.address, self._mint_data(row), nonce=row.nonce,
                                   gas=row.gas, fees=self.sender.fees(level))
         self.credits.update_mints([(row.attestation_id, {
             "tx_hash": signed.tx_hash, "fee_level": level, "fee_cap_wei": signed.fees.cap,
@@ -430,11 +576,19 @@ class MintWorker:
         rows = self.credits.mint_rows(QUEUED, limit=capacity, due_ms=_now_ms())
         if not rows:
             return 0
-        calls = self._mint_calls(rows)
-        checks = self.sender.preflight_many(self.address, [data for data, _ in calls])
         changes: list[Change] = []
+        sendable: list[MintRecord] = []
+        calls: list[Call] = []
+        for row, call in zip(rows, self._mint_calls(rows, self.current_set()), strict=True):
+            if isinstance(call, str):
+                changes.append(self._stale_quorum(row, call))
+            else:
+                sendable.append(row)
+                calls.append(call)
+        checks = self.sender.preflight_many(self.address, [data for data, _ in calls]) \
+            if calls else []
         ready: list[tuple[MintRecord, bytes, tuple[Any, ...]]] = []
-        for row, (data, group), check in zip(rows, calls, checks, strict=True):
+        for row, (data, group), check in zip(sendable, calls, checks, strict=True):
             if isinstance(check, ContractReverted):
                 changes.append(self._refused(row, check))
             else:  # a row retried after running out of gas is estimated on its own

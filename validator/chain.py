@@ -1,199 +1,26 @@
 """The chain watcher: reads the validator set and the methodology terms from the contracts and
-hands the node a :class:`~senken_core.membership.Schedule` (an I/O adapter around web3).
+hands the node a :class:`~senken_core.membership.Schedule`.
 
-Every ``poll`` (the runner calls it every ``[chain] poll_s``, on a worker thread; it blocks)::
-
-    head   = latest block - confirmations
-    epoch  = ValidatorSet.epoch() at head            unchanged: no new set change, skip the logs
-    logs   = ValidatorSetChanged from the last block read + 1 to head (chunked), each with its
-             block's timestamp -> ValidatorSetChanged(epoch, members, k, T)
-    terms  = ProjectRegistry.terms(id) at head for each project of the network file that the
-             registry knows (projectIds()); a project it does not know keeps the file's terms
-    -> Schedule.of(every change seen so far, terms, activation_delay_s); returned if it differs
-       from the last one returned, else None
-
-Everything is read at one block (``head``), so a poll sees one consistent chain state. The
-addresses default to the credit contract's ``validatorSet()`` and ``registry()`` (the network
-file's ``credit_contract``), read once, and the chain id must be the network file's (the
-EIP-712 domain validators sign under). Library errors (connection, timeout, revert, a missing
-contract) become :class:`ChainError`, a :class:`~senken_core.errors.SenkenError`; a failed poll
-changes nothing and the next one starts where the last good one stopped. Blocks are read once:
-a reorganisation deeper than ``confirmations`` is not seen, so on a chain that reorganises set
-``confirmations`` to its finality depth.
+The reading itself is :class:`senken_core.chain_schedule.ChainWatcher`, shared with the ledger
+(which must build the same schedule); its docstring has what one ``poll`` reads. This module
+gives it the validator's logger and keeps ``[chain]`` an import-time requirement: importing it
+without web3 raises ImportError, which ``validator.app`` turns into "install senken[chain]".
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
-from eth_utils.address import to_checksum_address
-from web3 import Web3
-from web3.exceptions import Web3Exception
+import web3  # noqa: F401  (the [chain] extra: see the module docstring)
 
-from senken_core.credit_contracts import load_artifact
-from senken_core.errors import SenkenError
-from senken_core.membership import MethodologyTerm, Schedule, ValidatorSetChanged
-from senken_core.network import NetworkConfig
+from senken_core.chain_schedule import LOG_CHUNK_BLOCKS, ChainError
+from senken_core.chain_schedule import ChainWatcher as _SharedWatcher
 
 __all__ = ["LOG_CHUNK_BLOCKS", "ChainError", "ChainWatcher"]
 
-log = logging.getLogger(__name__)
 
-LOG_CHUNK_BLOCKS = 10_000  # blocks per eth_getLogs request (providers cap the range)
+class ChainWatcher(_SharedWatcher):
+    """Reads the schedule from the contracts (:mod:`senken_core.chain_schedule`); not
+    thread-safe: one poll at a time."""
 
-
-class ChainError(SenkenError):
-    """The chain could not be read (``where``: the JSON-RPC URL or "web3"); the message says
-    what failed and what to check."""
-
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"chain {where}: {message}")
-        self.where = where
-
-
-class ChainWatcher:
-    """Reads the schedule from the contracts (module docstring). Not thread-safe: one poll at
-    a time."""
-
-    def __init__(self, w3: Web3, network: NetworkConfig, *, activation_delay_s: int,
-                 validator_set: str | None = None, project_registry: str | None = None,
-                 confirmations: int = 0, from_block: int = 0, where: str = "web3") -> None:
-        self.w3 = w3
-        self.network = network
-        self.activation_delay_s = activation_delay_s
-        self.confirmations = confirmations
-        self.where = where
-        self._addresses = (validator_set, project_registry)
-        self._set: Any = None  # the contracts, once resolved
-        self._registry: Any = None
-        self._changes: dict[int, ValidatorSetChanged] = {}
-        self._epoch: int | None = None
-        self._next_block = from_block
-        self._timestamps: dict[int, int] = {}
-        self._warned: set[str] = set()
-        self._checked: set[str] = set()  # projects whose registry entry matched the file
-        self.last: Schedule | None = None  # the last schedule returned by poll
-
-    @classmethod
-    def connect(cls, url: str, network: NetworkConfig, *, timeout_s: float = 10.0,
-                **kw: Any) -> ChainWatcher:
-        """A watcher over JSON-RPC at ``url``, each request limited to ``timeout_s``. No I/O
-        here: the first :meth:`poll` connects."""
-        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout_s},
-                                    exception_retry_configuration=None))
-        return cls(w3, network, where=url, **kw)
-
-    def poll(self) -> Schedule | None:
-        """Read the chain; the new schedule if it differs from the last one returned, else
-        None. Raises :class:`ChainError` (nothing is changed then). Blocking."""
-        try:
-            return self._poll()
-        except ChainError:
-            raise
-        except (Web3Exception, OSError, ValueError, TimeoutError) as exc:
-            raise ChainError(self.where, f"{type(exc).__name__}: {exc}; check that the node "
-                             "answers and that [chain] names the deployed contracts") from exc
-
-    # --- one poll ----------------------------------------------------------------------
-
-    def _poll(self) -> Schedule | None:
-        if self._set is None:
-            self._resolve()
-        head = self.w3.eth.block_number - self.confirmations
-        if head < 0:
-            return None
-        epoch = int(self._set.functions.epoch().call(block_identifier=head))
-        if epoch != self._epoch:
-            self._read_changes(head)
-            if epoch not in self._changes:
-                raise ChainError(self.where, f"no ValidatorSetChanged event for epoch {epoch} "
-                                 f"from block {self._next_block}; set [chain] from_block to "
-                                 "the ValidatorSet's deployment block or earlier")
-            self._epoch = epoch
-        self._next_block = max(self._next_block, head + 1)
-        schedule = Schedule.of(self._changes.values(), self._read_terms(head),
-                               self.activation_delay_s)
-        if schedule == self.last:
-            return None
-        self.last = schedule
-        return schedule
-
-    def _resolve(self) -> None:
-        chain_id = self.w3.eth.chain_id
-        if chain_id != self.network.chain_id:
-            raise ChainError(self.where, f"chain id {chain_id}, but the network file says "
-                             f"{self.network.chain_id}: this is not the network's chain")
-        set_address, registry_address = self._addresses
-        if set_address is None or registry_address is None:
-            credits = self._contract("SenkenCredits", self.network.credit_contract)
-            set_address = set_address or credits.functions.validatorSet().call()
-            registry_address = registry_address or credits.functions.registry().call()
-        validator_set = self._contract("ValidatorSet", str(set_address))
-        self._registry = self._contract("ProjectRegistry", str(registry_address))
-        self._set = validator_set  # last: a failure above leaves the watcher unresolved
-
-    def _contract(self, name: str, address: str) -> Any:
-        checksum = to_checksum_address(address)
-        if not self.w3.eth.get_code(checksum):
-            raise ChainError(self.where, f"no contract at {checksum} ({name}); check the "
-                             "network file's credit_contract and [chain]")
-        return self.w3.eth.contract(address=checksum, abi=load_artifact(name).abi)
-
-    def _read_changes(self, head: int) -> None:
-        event = self._set.events.ValidatorSetChanged()
-        for start in range(self._next_block, head + 1, LOG_CHUNK_BLOCKS):
-            end = min(head, start + LOG_CHUNK_BLOCKS - 1)
-            for entry in event.get_logs(from_block=start, to_block=end):
-                args = entry["args"]
-                change = ValidatorSetChanged(
-                    epoch=int(args["epoch"]),
-                    members=tuple(bytes.fromhex(m[2:]) for m in args["members"]),
-                    threshold=int(args["threshold"]),
-                    block_timestamp=self._timestamp(int(entry["blockNumber"])))
-                self._changes[change.epoch] = change
-                log.info("validator set epoch %d: %d members, k = %d, mined at %d (windows "
-                         "from %d on)", change.epoch, len(change.members), change.threshold,
-                         change.block_timestamp, change.activation(self.activation_delay_s))
-            self._next_block = end + 1
-
-    def _timestamp(self, block: int) -> int:
-        found = self._timestamps.get(block)
-        if found is None:
-            found = self._timestamps[block] = int(self.w3.eth.get_block(block)["timestamp"])
-        return found
-
-    def _read_terms(self, head: int) -> Mapping[str, list[MethodologyTerm]]:
-        registry = self._registry
-        on_chain = set(registry.functions.projectIds().call(block_identifier=head))
-        terms: dict[str, list[MethodologyTerm]] = {}
-        for project in self.network.projects:
-            if project.id not in on_chain:
-                self._warn_once(project.id, "project %s is not in the ProjectRegistry; its "
-                                "terms are the network file's", project.id)
-                terms[project.id] = [MethodologyTerm(0, project.methodology_version,
-                                                     project.grid_ef_g_per_kwh)]
-                continue
-            if project.id not in self._checked:
-                _owner, window_seconds, _registered, _hash, methodology = \
-                    registry.functions.project(project.id).call(block_identifier=head)
-                if (window_seconds, methodology) != (project.window_seconds,
-                                                     project.methodology):
-                    self._warn_once(f"grid {project.id}", "project %s: the registry says %s "
-                                    "windows of %d s, the network file %s windows of %d s; the "
-                                    "credit contract will refuse its attestations", project.id,
-                                    methodology, window_seconds, project.methodology,
-                                    project.window_seconds)
-                else:
-                    self._checked.add(project.id)
-            terms[project.id] = [MethodologyTerm(int(effective), int(version), int(ef))
-                                 for version, ef, effective in
-                                 registry.functions.terms(project.id).call(
-                                     block_identifier=head)]
-        return terms
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
+    log = logging.getLogger(__name__)
