@@ -1,23 +1,27 @@
 """The validator network end to end, all real parts: simulated sensors on ptys, edge agents,
 a Mosquitto, four validators (k = 3) as processes re-running the anomaly model, the ledger on
-PostgreSQL exporting to a VictoriaMetrics.
+PostgreSQL exporting to a VictoriaMetrics and minting on an anvil (the contracts deployed for
+the network file, as ``senken chain deploy`` does).
 
 What a user would notice: windows get certified and logged, the log verifies, every
 certificate checks offline down to the device-signed readings, readings reach the time-series
 store exactly once even across its restart; one validator down changes nothing, two down stop
 certificates until one returns; attacks published with mosquitto_pub are rejected with their
-reason and never counted; a validator that signs something else is never in a certificate.
+reason and never counted; a validator that signs something else is never in a certificate;
+every logged window is minted once, and the project owner holds exactly the attested grams.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from typing import Any
 import pytest
 
 from firmware_sim.device import SimulatedDevice
+from ledger.chain_node import ChainNode
+from ledger.chain_tx import TxSender
+from ledger.deploy import Addresses, GovernanceSettings, deploy_network
 from senken_core.evidence import CertifiedWindow, check_certified_window
 from senken_core.keys import READING_TAG, DeviceKey
 from senken_core.network import load_network_config
@@ -33,6 +40,7 @@ from senken_core.registry import DeviceRecord, SignedDeviceRecord
 from senken_core.secp256k1 import ValidatorKey, recover_address
 from senken_core.topics import device_topic, registry_topic
 from tests.support.agent import AgentProcess, make_device
+from tests.support.anvil import running_anvil
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.postgres import fresh_database
 from tests.support.validator import TopicWatcher, ValidatorProcess, make_validator, write_network
@@ -45,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "pv-plant-7"
 WINDOW_S = 2
 OWNER = DeviceKey.generate()
+OWNER_ADDRESS = "0x" + ValidatorKey.generate().address.hex()  # the project's EVM account
 
 
 def _model_sha() -> str:
@@ -135,14 +144,37 @@ class Network:
         return total
 
 
-def four_validators(tmp_path: Path, prefix: str) -> tuple[list[ValidatorKey], Path]:
-    """Four validator keys and a network file with k = 3 and the project."""
-    keys = [ValidatorKey.generate() for _ in range(4)]
+def four_validators(tmp_path: Path, prefix: str, keys: list[ValidatorKey] | None = None,
+                    **top: Any) -> tuple[list[ValidatorKey], Path]:
+    """Four validator keys and a network file with k = 3 and the project (its credits go to
+    OWNER_ADDRESS); ``top``: e.g. the chain_id and credit_contract of a deployment."""
+    keys = keys or [ValidatorKey.generate() for _ in range(4)]
     return keys, write_network(tmp_path / "network.toml", [k.address for k in keys], prefix,
                                threshold=3, projects=[{
                                    "id": PROJECT, "owner_key": OWNER.public_key.hex(),
+                                   "owner_address": OWNER_ADDRESS,
                                    "grid_ef_g_per_kwh": 691, "model_sha256": _model_sha(),
-                                   "window_seconds": WINDOW_S}])
+                                   "window_seconds": WINDOW_S}], **top)
+
+
+def deploy_contracts(url: str, tmp_path: Path, network_file: Path) -> tuple[Addresses, Path]:
+    """The contracts on the chain at ``url`` for ``network_file`` (ledger.deploy, as
+    ``senken chain deploy`` does); returns the addresses and a funded minter key file."""
+    node = ChainNode.connect(url)
+    deployer, minter = secrets.token_bytes(32), secrets.token_bytes(32)
+    w3 = node.w3
+    for key in (deployer, minter):
+        tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "value": 10**20,
+                                      "to": TxSender(node, key).address})
+        w3.eth.wait_for_transaction_receipt(tx, timeout=30)
+    addresses = deploy_network(node, deployer, load_network_config(network_file),
+                               settings=GovernanceSettings(60, 3600, 0, 4, 600))
+    key_file = tmp_path / "minter.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(minter.hex() + "\n")
+    addresses.save(tmp_path / "addresses.json")
+    return addresses, key_file
 
 
 def mosquitto_pub(port: int, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -158,13 +190,20 @@ def network(tmp_path: Path, topic_prefix: str) -> Iterator[Network]:
     victoria = VictoriaMetrics(tmp_path / "victoria")
     victoria.start()
     keys, network_file = four_validators(tmp_path, topic_prefix)
+    chain = ExitStack()
+    anvil = chain.enter_context(running_anvil(tmp_path / "anvil", block_time_s=1))
+    addresses, minter_key = deploy_contracts(anvil, tmp_path, network_file)
+    # validators sign for the deployed contract's EIP-712 domain
+    keys, network_file = four_validators(tmp_path, topic_prefix, keys,
+                                         chain_id=addresses.chain_id,
+                                         credit_contract=addresses.credits.lower())
     validators = []
     for i, key in enumerate(keys):
         config, _ = make_validator(tmp_path / f"validator-{i}", broker.port, network_file, key,
                                    model={"check": True})
         validators.append(ValidatorProcess(config))
     api_port = free_port()
-    with fresh_database("e2e") as db_url:
+    with chain, fresh_database("e2e") as db_url:
         ledger_dir = tmp_path / "ledger"
         ledger_dir.mkdir()
         config = ledger_dir / "ledger.toml"
@@ -173,7 +212,9 @@ def network(tmp_path: Path, topic_prefix: str) -> Iterator[Network]:
             f'database_url = "{db_url}"\n'
             f'[mqtt]\nport = {broker.port}\nclient_id = "ledger-{topic_prefix[:15]}"\n'
             f'session_expiry_s = 300\n[api]\nport = {api_port}\n'
-            f'[timeseries]\nurl = "{victoria.url}"\nretry_max_s = 1.0\n')
+            f'[timeseries]\nurl = "{victoria.url}"\nretry_max_s = 1.0\n'
+            f'[chain]\nurl = "{anvil}"\naddresses_file = "{tmp_path / "addresses.json"}"\n'
+            f'minter_key_file = "{minter_key}"\npoll_interval_s = 0.3\n')
         net = Network(tmp_path, broker, topic_prefix, network_file, validators, keys,
                       Ledger(config, f"http://127.0.0.1:{api_port}"), victoria)
         try:
@@ -296,6 +337,20 @@ def test_windows_are_certified_logged_and_exported_and_survive_failures(
     device, seq = next(iter(seen))
     proof = _get(f"{net.ledger.api}/proofs/{device}/{seq}")
     assert proof["tree_size"] >= 1
+
+    # every logged window minted on anvil, once, by the contract checking the quorum itself:
+    # the owner holds exactly the attested grams (one batch: the mg below a gram carried)
+    def all_minted() -> bool:
+        counts = _get(f"{net.ledger.api}/credits/queue")["counts"]
+        return counts.get("minted", 0) == len(net.certified()) and not counts.get("failed")
+
+    wait_until(all_minted, 60, "every logged window minted on chain")
+    attested_mg = sum(a["co2e_mg"] for a in net.certified().values())
+    [balance] = _get(f"{net.ledger.api}/credits/balances/{OWNER_ADDRESS}")["balances"]
+    assert int(balance["units"]) == attested_mg // 1000 > 0
+    mints = _get(f"{net.ledger.api}/credits/mints?limit=1000")
+    assert sorted(m["attestation_id"] for m in mints["mints"]) == sorted(
+        a["id"] for a in net.certified().values())
 
 
 def test_attacks_published_with_mosquitto_pub_are_rejected_and_never_counted(

@@ -95,9 +95,11 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def running_anvil(log_dir: Path, chain_id: int = 31337) -> Iterator[str]:
+def running_anvil(log_dir: Path, chain_id: int = 31337,
+                  block_time_s: int | None = None) -> Iterator[str]:
     """Start anvil on a free loopback port; yield its HTTP JSON-RPC URL once it answers;
-    stop it at the end (pass or fail)."""
+    stop it at the end (pass or fail). ``block_time_s``: mine a block that often, as a live
+    chain does (default: a block per transaction only)."""
     binary = anvil_binary()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "anvil.log"
@@ -107,7 +109,8 @@ def running_anvil(log_dir: Path, chain_id: int = 31337) -> Iterator[str]:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 [str(binary), "--host", "127.0.0.1", "--port", str(port),
-                 "--chain-id", str(chain_id), "--hardfork", "prague", "--accounts", "10"],
+                 "--chain-id", str(chain_id), "--hardfork", "prague", "--accounts", "10",
+                 *(["--block-time", str(block_time_s)] if block_time_s else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         def up_or_gone(p: subprocess.Popen[bytes] = proc, u: str = url) -> bool:
             return p.poll() is not None or _answers(u)

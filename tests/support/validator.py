@@ -41,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_network(path: Path, addresses: list[bytes], prefix: str, threshold: int = 1,
-                  projects: list[dict[str, Any]] | None = None) -> Path:
-    """A network file with these validators (and projects: dicts of ProjectConfig fields)."""
+                  projects: list[dict[str, Any]] | None = None, **top: Any) -> Path:
+    """A network file with these validators (and projects: dicts of ProjectConfig fields;
+    ``top``: other top-level settings, e.g. chain_id and credit_contract)."""
     lines = [f"topic_prefix = {json.dumps(prefix)}", f"threshold = {threshold}",
+             *(f"{k} = {json.dumps(v)}" for k, v in top.items()),
              "validators = [" + ", ".join(f'"0x{a.hex()}"' for a in addresses) + "]"]
     for project in projects or []:
         lines += ["", "[[projects]]"] + [f"{k} = {json.dumps(v)}" for k, v in project.items()]
