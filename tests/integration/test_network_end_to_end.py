@@ -13,13 +13,9 @@ every logged window is minted once, and the project owner holds exactly the atte
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -41,6 +37,7 @@ from senken_core.secp256k1 import ValidatorKey, recover_address
 from senken_core.topics import device_topic, registry_topic
 from tests.support.agent import AgentProcess, make_device
 from tests.support.anvil import running_anvil
+from tests.support.ledger import LedgerProcess, get_json
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.postgres import fresh_database
 from tests.support.validator import TopicWatcher, ValidatorProcess, make_validator, write_network
@@ -62,50 +59,7 @@ def _model_sha() -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _get(url: str, timeout: float = 5) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        body = resp.read()
-    return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-
-
-@dataclass
-class Ledger:
-    config: Path
-    api: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Ledger:
-        log = (self.config.parent / "ledger.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "senken", "ledger", "run",
-                                      "--config", str(self.config)], stdout=log,
-                                     stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
-        wait_until(lambda: self.health() is not None or self.proc.poll() is not None,  # type: ignore[union-attr]
-                   30, "the ledger's API")
-        assert self.proc.poll() is None, (self.config.parent / "ledger.log").read_text()
-        return self
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            return _get(self.api + "/health", 1)  # type: ignore[no-any-return]
-        except OSError:
-            return None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def attestations(self) -> list[dict[str, Any]]:
-        return _get(self.api + "/attestations?limit=1000")["attestations"]  # type: ignore[no-any-return]
+_get = get_json
 
 
 @dataclass
@@ -116,7 +70,7 @@ class Network:
     network_file: Path
     validators: list[ValidatorProcess]
     keys: list[ValidatorKey]
-    ledger: Ledger
+    ledger: LedgerProcess
     victoria: VictoriaMetrics
     devices: dict[str, DeviceKey] = field(default_factory=dict)
     sims: list[SimulatedDevice] = field(default_factory=list)
@@ -216,7 +170,7 @@ def network(tmp_path: Path, topic_prefix: str) -> Iterator[Network]:
             f'[chain]\nurl = "{anvil}"\naddresses_file = "{tmp_path / "addresses.json"}"\n'
             f'minter_key_file = "{minter_key}"\npoll_interval_s = 0.3\n')
         net = Network(tmp_path, broker, topic_prefix, network_file, validators, keys,
-                      Ledger(config, f"http://127.0.0.1:{api_port}"), victoria)
+                      LedgerProcess(config, f"http://127.0.0.1:{api_port}"), victoria)
         try:
             for v in validators:
                 v.start()
