@@ -763,7 +763,7 @@ def in_process(model: AnomalyModel, args: argparse.Namespace, rate: float,
 
 # Where the four nodes' CPU goes: entry points (cumulative) and kinds of work (own time).
 _ENTRY_POINTS = (
-    ("reading batches from devices (ValidatorNode._on_batch)", "validator/node.py", "_on_batch"),
+    ("reading batches from devices (Intake.on_batch)", "validator/intake.py", "on_batch"),
     ("  verify the readings (ReadingVerifier.verify, verify_batch)", "validator/verify.py",
      "verify verify_batch"),
     ("    decode its body (Reading.from_canonical)", "senken_core/reading.py",
@@ -772,11 +772,11 @@ _ENTRY_POINTS = (
     ("  decode the batch (decode_batch)", "senken_core/reading.py", "decode_batch"),
     ("agreement messages (ValidatorNode._on_agreement)", "validator/node.py", "_on_agreement"),
     ("  decode them (agreement.decode_message)", "validator/agreement.py", "decode_message"),
-    ("  attest and sign (ValidatorNode._try_sign)", "validator/node.py", "_try_sign"),
+    ("  attest and sign (Rounds.try_sign)", "validator/rounds.py", "try_sign"),
     ("    window_attestation (Merkle root, methodology)", "senken_core/evidence.py",
      "window_attestation"),
-    ("peers' certificates (ValidatorNode._on_certificate)", "validator/node.py",
-     "_on_certificate"),
+    ("peers' certificates (Settlement.on_certificate)", "validator/settle.py",
+     "on_certificate"),
     ("  decode them (CertifiedWindow.from_wire)", "senken_core/evidence.py", "from_wire"),
     ("own certificates (CertifiedWindow.to_wire)", "senken_core/evidence.py", "to_wire"),
     ("timers (ValidatorNode.tick)", "validator/node.py", "tick"),

@@ -19,7 +19,7 @@ the leader of a round is :func:`leader` (a hash of the attestation id and the ro
    (:class:`SignatureTally`; the set in force for the window, senken_core.membership) are a
    quorum certificate; the leader of the certified round publishes the certified window with
    its evidence, and another validator that holds the readings does so only if none appears
-   within ``round_timeout_s`` (a backup, validator/node.py). If no certificate is seen within
+   within ``round_timeout_s`` (a backup, validator/settle.py). If no certificate is seen within
    the round's timeout, everyone moves to round ``r + 1`` and its leader. A validator that
    settled ``W`` answers a have for ``W`` that comes a round timeout or more after it settled
    (its sender is still agreeing: it missed the certificate, or a schedule change made it

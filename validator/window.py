@@ -12,7 +12,7 @@ land in it), :meth:`WindowBook.close` states its :class:`Attestation`:
   :func:`senken_core.evidence.window_attestation`; a cumulative register pairs the window's
   first reading with the device's last accepted reading before it when that one is seq - 1.
 
-The networked validator (validator/node.py) keeps its windows itself and agrees on their
+The networked validator (validator/rounds.py) keeps its windows itself and agrees on their
 contents with its peers (docs/protocol.md, section 7); this book is the single-validator view.
 
 Two validators that accepted the same readings state the same attestation, byte for byte: the
