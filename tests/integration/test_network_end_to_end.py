@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from web3 import Web3
 
 from firmware_sim.device import SimulatedDevice
 from ledger.chain_node import ChainNode
 from ledger.chain_tx import TxSender
 from ledger.deploy import Addresses, GovernanceSettings, deploy_network
+from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.evidence import CertifiedWindow, check_certified_window
 from senken_core.keys import READING_TAG, DeviceKey
 from senken_core.network import load_network_config
@@ -72,6 +75,8 @@ class Network:
     keys: list[ValidatorKey]
     ledger: LedgerProcess
     victoria: VictoriaMetrics
+    chain_url: str = ""
+    addresses: Addresses | None = None
     devices: dict[str, DeviceKey] = field(default_factory=dict)
     sims: list[SimulatedDevice] = field(default_factory=list)
     agents: list[AgentProcess] = field(default_factory=list)
@@ -170,7 +175,8 @@ def network(tmp_path: Path, topic_prefix: str) -> Iterator[Network]:
             f'[chain]\nurl = "{anvil}"\naddresses_file = "{tmp_path / "addresses.json"}"\n'
             f'minter_key_file = "{minter_key}"\npoll_interval_s = 0.3\n')
         net = Network(tmp_path, broker, topic_prefix, network_file, validators, keys,
-                      LedgerProcess(config, f"http://127.0.0.1:{api_port}"), victoria)
+                      LedgerProcess(config, f"http://127.0.0.1:{api_port}"), victoria, anvil,
+                      addresses)
         try:
             for v in validators:
                 v.start()
@@ -299,9 +305,23 @@ def test_windows_are_certified_logged_and_exported_and_survive_failures(
         return counts.get("minted", 0) == len(net.certified()) and not counts.get("failed")
 
     wait_until(all_minted, 60, "every logged window minted on chain")
-    attested_mg = sum(a["co2e_mg"] for a in net.certified().values())
-    [balance] = _get(f"{net.ledger.api}/credits/balances/{OWNER_ADDRESS}")["balances"]
-    assert int(balance["units"]) == attested_mg // 1000 > 0
+    attested_mg: dict[int, int] = {}  # per credit batch: the vintage, the window's UTC year
+    for att in net.certified().values():
+        token = batch_token_id(PROJECT, time.gmtime(att["window_start"]).tm_year, "CDM AMS-I.D")
+        attested_mg[token] = attested_mg.get(token, 0) + att["co2e_mg"]
+    assert net.addresses is not None
+    credits = ChainNode.connect(net.chain_url).w3.eth.contract(
+        address=net.addresses.credits, abi=load_artifact("SenkenCredits").abi)
+    owner = Web3.to_checksum_address(OWNER_ADDRESS)
+    held = {token: int(credits.functions.balanceOf(owner, token).call()) for token in attested_mg}
+    assert held == {token: mg // 1000 for token, mg in attested_mg.items()}
+    assert all(held.values())
+    # and the ledger's mirror of the chain's events catches up to the same
+    expected = sorted(({"token_id": f"0x{t:064x}", "units": str(u)} for t, u in held.items()),
+                      key=lambda b: b["token_id"])
+    wait_until(lambda: sorted(_get(f"{net.ledger.api}/credits/balances/{OWNER_ADDRESS}")
+                              ["balances"], key=lambda b: b["token_id"]) == expected, 30,
+               "the mirror to show the owner's balance")
     mints = _get(f"{net.ledger.api}/credits/mints?limit=1000")
     assert sorted(m["attestation_id"] for m in mints["mints"]) == sorted(
         a["id"] for a in net.certified().values())
