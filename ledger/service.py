@@ -5,6 +5,7 @@ loop. Each certified window is checked end to end before it is appended::
 
     payload ─ decode ─┬─ logged already, same attestation ─────────────────▶ duplicate
                       ├─ project (window grid, model, methodology) ────────▶ refused:<reason>
+                      ├─ window ends > 1 h from now (clock, chain time) ──▶ refused:future_window
                       ├─ window's schedule not final yet (chain only) ─────▶ pending:schedule
                       │                                                      (kept in the DB,
                       │                                                      retried once the
@@ -41,7 +42,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
@@ -63,7 +66,14 @@ from senken_core.registry import (
 )
 from senken_core.topics import parse_validator_topic
 
-__all__ = ["Ledger", "Outcome"]
+__all__ = ["MAX_WINDOW_AHEAD_S", "Ledger", "Outcome"]
+
+# A certificate for a window that ends further ahead than this (of the ledger's clock, or of
+# the chain's time read last where that is later) is refused as ``future_window``: validators
+# attest a window only after it has ended, so it is forged or from a validator whose clock is
+# wrong; refused, it cannot wait in the database either (the waiting table stays bounded by
+# what can be certified within the hour).
+MAX_WINDOW_AHEAD_S = 3600
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +104,9 @@ class Ledger:
     first schedule arrives every certificate waits. Otherwise they are the network file's."""
 
     def __init__(self, network: NetworkConfig, store: LedgerStore, *,
-                 follow_chain: bool = False) -> None:
+                 follow_chain: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.network = network
+        self.clock = clock
         self.store = store
         self.domain = network.domain()
         self.registry = DeviceRegistry(network.owners())
@@ -263,6 +274,13 @@ class Ledger:
         refusal = project_problem(self.network, att)
         if refusal is not None:
             return Outcome("refused", refusal, att.id)
+        # now: the ledger's clock, or the chain's block time read last where that is ahead
+        # (a chain's time is what decides whether a window has ended, on chain too)
+        now = max(self.clock(), self.chain_time or 0)
+        ahead_s = att.window_start + att.window_seconds - now
+        if ahead_s > MAX_WINDOW_AHEAD_S:  # validators attest a window once it has ended
+            return Outcome("refused", "future_window", att.id,
+                           detail=f"the window ends {ahead_s:.0f} s from now")
         if not self.final(att.window_start):
             self._note_waiting(att.window_start)
             if keep_pending and self.store.add_pending(att.device, payload):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ledger.config import LedgerConfig
-from ledger.service import Ledger
+from ledger.service import MAX_WINDOW_AHEAD_S, Ledger
 from ledger.store import LedgerStore
 from senken_core import canonical
 from senken_core.reading import SignedReading
@@ -279,3 +279,21 @@ def test_two_appenders_on_one_sqlite_file_keep_one_chain(world: World, tmp_path:
     assert report.ok and report.entries == 8
     for s in stores:
         s.close()
+
+
+def test_a_certificate_for_a_window_not_ended_yet_is_refused_and_not_kept(
+        world: World, store: LedgerStore) -> None:
+    """Validators attest a window once it has ended: one that ends more than
+    MAX_WINDOW_AHEAD_S from now is forged or from a wrong clock, refused, never kept waiting
+    (it could otherwise fill the waiting table with far-future windows)."""
+    window = world.certify(0)
+    end = window.attestation.window_start + window.attestation.window_seconds
+    now = [end - MAX_WINDOW_AHEAD_S - 60.0]
+    led = Ledger(world.network, store, clock=lambda: now[0])
+    outcome = led.on_certificate(window.to_wire())  # before its record: it would wait
+    assert (outcome.result, outcome.reason) == ("refused", "future_window")
+    assert list(store.pending(None)) == []
+    now[0] = end  # the window has ended
+    assert led.on_certificate(window.to_wire()).result == "pending"  # the record is missing
+    assert led.on_registry(world.record().to_wire(), world.device) == "applied"
+    assert store.head()[0] == 1
