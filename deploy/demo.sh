@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[demo,server]'
+.venv/bin/python -m pip install -q -e '.[demo,server,chain]'
 exec .venv/bin/senken demo "$@"

@@ -48,7 +48,8 @@ GRACE_S = 1.0
 # The model scores 0 until a stream has filled its window (320 values) and warm-up (50): the
 # first meter gets a voltage surge after that, so the demo shows the model flag an anomaly.
 SPIKE_AT_FRAME = 450
-SERVER_MODULES = ("aiomqtt", "fastapi", "uvicorn", "sqlmodel", "httpx", "prometheus_client")
+SERVER_MODULES = ("aiomqtt", "fastapi", "uvicorn", "sqlmodel", "httpx", "prometheus_client",
+                  "web3", "eth_tester")
 
 
 def _check_broker(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -84,7 +85,7 @@ def demo_cmd(devices: int, duration: float, window_seconds: int, rate: float,
     missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise DemoError(f"the demo runs the services, which need {', '.join(missing)}: "
-                        "pip install -e '.[demo,server]' (or bash deploy/demo.sh)")
+                        "pip install -e '.[demo,server,chain]' (or bash deploy/demo.sh)")
     if state_dir is not None and state_dir.is_dir() and any(state_dir.iterdir()):
         raise click.BadParameter(f"{state_dir} is not empty: every run starts a new network, "
                                  "give a new or empty directory", param_hint="--state-dir")
