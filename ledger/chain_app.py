@@ -35,13 +35,14 @@ from typing import Any, Protocol
 from web3 import Web3
 from web3.types import Wei
 
+from ledger.background import wait_or_stop
 from ledger.chain_mirror import ChainMirror
 from ledger.chain_node import ChainError, ChainNode
 from ledger.chain_tx import TxSender
 from ledger.config import ChainConfig
 from ledger.credit_store import CreditStore
 from ledger.deploy import Addresses, network_mismatch
-from ledger.minting import MintHooks, MintWorker, _wait
+from ledger.minting import MintHooks, MintWorker
 from ledger.store import LedgerStore, StoreError
 from senken_core.chain_schedule import ChainError as ScheduleReadError
 from senken_core.chain_schedule import ChainWatcher, ScheduleRead
@@ -183,7 +184,7 @@ class ScheduleFollower:
                 self.last_error = None
             delay = self.poll_interval_s if not failures else \
                 min(60.0, self.poll_interval_s * 2.0 ** min(failures, 10))
-            await _wait(stop, delay)
+            await wait_or_stop(stop, delay)
 
 
 @dataclass

@@ -25,11 +25,11 @@ import logging
 from collections import Counter
 from typing import Any
 
+from ledger.background import run_rounds
 from ledger.chain_events import ChainEvent, EventCodec, json_value
-from ledger.chain_node import ChainError, ChainNode
+from ledger.chain_node import ChainNode
 from ledger.credit_store import CreditStore
 from ledger.deploy import Addresses
-from ledger.minting import _wait
 from ledger.store import StoreError
 
 __all__ = ["ChainMirror"]
@@ -150,22 +150,11 @@ class ChainMirror:
     async def run(self, stop: asyncio.Event) -> None:
         """Mirror until ``stop`` is set; the chain or the database failing is logged and
         retried after a pause, never raised."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                moved = await asyncio.to_thread(self.step)
-            except (ChainError, StoreError) as exc:
-                failures += 1
-                self.last_error = str(exc)
-                (log.warning if failures == 1 else log.debug)("event mirror paused: %s", exc)
-                delay = min(_BACKOFF_MAX_S, 0.5 * 2.0 ** min(failures, 10))
-            except Exception as exc:
-                failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("event mirror round failed")
-                delay = min(_BACKOFF_MAX_S, 0.5 * 2.0 ** min(failures, 10))
-            else:
-                failures = 0
-                self.last_error = None
-                delay = 0.0 if moved >= self.max_blocks else self.poll_interval_s
-            await _wait(stop, delay)
+        await run_rounds(
+            self.step, stop, what="event mirror", log=log,
+            next_delay=lambda moved: 0.0 if moved >= self.max_blocks else self.poll_interval_s,
+            backoff=lambda failures: min(_BACKOFF_MAX_S, 0.5 * 2.0 ** min(failures, 10)),
+            set_error=self._set_error)
+
+    def _set_error(self, error: str | None) -> None:
+        self.last_error = error

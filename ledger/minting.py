@@ -56,7 +56,6 @@ One minter per ledger database: two would each send (the contract would still mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -70,9 +69,9 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 from web3 import Web3
 
+from ledger.background import run_rounds
 from ledger.chain_events import EventCodec, abi_type
 from ledger.chain_node import (
-    ChainError,
     ContractReverted,
     Receipt,
     TransactionRejected,
@@ -692,36 +691,13 @@ class MintWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Mint until ``stop`` is set. Never raises for the chain or the database: logs, waits
         a capped exponential backoff with jitter, and carries on."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                moved = await asyncio.to_thread(self.step)
-            except (ChainError, StoreError) as exc:
-                failures += 1
-                self.last_error = str(exc)
-                (log.warning if failures == 1 else log.debug)("minting paused: %s", exc)
-                delay = self._backoff_s(failures)
-            except Exception as exc:  # one bad row or moment never ends the loop
-                failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("minting round failed")
-                delay = self._backoff_s(failures)
-            else:
-                if failures:
-                    log.info("minting resumed")
-                failures = 0
-                self.last_error = None
-                delay = 0.0 if moved else self.poll_interval_s
-            await _wait(stop, delay)
+        await run_rounds(self.step, stop, what="minting", log=log,
+                         next_delay=lambda moved: 0.0 if moved else self.poll_interval_s,
+                         backoff=self._backoff_s, set_error=self._set_error)
+
+    def _set_error(self, error: str | None) -> None:
+        self.last_error = error
 
     def _backoff_s(self, failures: int) -> float:
         cap = min(self.retry_max_s, _BACKOFF_BASE_S * 2.0 ** min(failures - 1, 30))
         return cap / 2 + random.uniform(0, cap / 2)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    if seconds <= 0:
-        await asyncio.sleep(0)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
