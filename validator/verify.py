@@ -29,8 +29,6 @@ yet and is returned ``pending`` (the runner fetches the missing ones, then verif
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import operator
 import time
@@ -41,7 +39,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from senken_core.errors import EncodingError, SignatureError
-from senken_core.keys import READING_TAG, verify_signature
+from senken_core.keys import READING_TAG, native_verify_detached, verify_signature
 from senken_core.reading import Reading, decode_of_kind
 from senken_core.sensors import SENSOR_KINDS, SensorKind
 
@@ -50,25 +48,10 @@ __all__ = ["ReadingVerifier", "Reason", "RegisteredDevice", "Registry", "Scorer"
 _BAD_SIGNATURE = "signature does not verify against the device key"  # verify_signature's
 
 
-@functools.cache
 def _native_verify() -> Callable[[bytes, bytes, bytes, bytes], bytes | None] | None:
-    """The extension's ``verify_detached`` bound to PyNaCl's libsodium (once), or None where
-    the extension is not built (or was built without it)."""
-    try:
-        from senken_core import _batchsign
-    except ImportError:
-        return None
-    if not hasattr(_batchsign, "verify_detached"):
-        return None
-    import nacl._sodium
-
-    sodium = ctypes.CDLL(nacl._sodium.__file__)
-    verify_addr, sha_addr = (ctypes.cast(getattr(sodium, name), ctypes.c_void_p).value
-                             for name in ("crypto_sign_verify_detached", "crypto_hash_sha256"))
-    if verify_addr is None or sha_addr is None:
-        return None
-    _batchsign.bind_verify(verify_addr, sha_addr)
-    return _batchsign.verify_detached
+    """The core's native ``verify_detached`` (keys prepared once), or None where no extension
+    is built."""
+    return native_verify_detached()
 
 
 def _signed_digest(public_key: bytes, body: bytes, signature: bytes) -> bytes:

@@ -1,0 +1,230 @@
+"""The validator's Ed25519 check with prepared keys (senken_core/_edverify.c) gives libsodium's
+verdict on every input: valid signatures, any bit changed, non-canonical S, the identity as R
+(which the comb's arithmetic alone would accept), R or the key with a small-order component,
+small-order keys, and more keys than its cache holds.
+
+``fast_only`` is the extension's own arithmetic without libsodium's second look at a refusal,
+so these tests see the new code's answer, not libsodium's; ``verify_message`` is what the
+validator gets. Curve points for the crafted cases come from a plain-integer reference below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from senken_core import _edverify
+from senken_core.keys import READING_TAG, native_verify_detached, signing_message
+
+# ---- a plain-integer reference of the curve (affine; test-only, slow, obviously correct) ----
+
+P = 2**255 - 19
+D = -121665 * pow(121666, P - 2, P) % P
+L = 2**252 + 27742317777372353535851937790883648493
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+Point = tuple[int, int]
+IDENTITY: Point = (0, 1)
+
+
+def add(a: Point, b: Point) -> Point:
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P,
+            (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P)
+
+
+def mul(k: int, a: Point) -> Point:
+    out = IDENTITY
+    while k:
+        if k & 1:
+            out = add(out, a)
+        a, k = add(a, a), k >> 1
+    return out
+
+
+def decode(b: bytes) -> Point | None:
+    y = int.from_bytes(b, "little") & ((1 << 255) - 1)
+    if y >= P:
+        return None
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if x * x % P != x2:
+        x = x * SQRT_M1 % P
+    if x * x % P != x2:
+        return None
+    if x & 1 != b[31] >> 7:
+        x = P - x
+    return x, y
+
+
+def encode(a: Point) -> bytes:
+    x, y = a
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+B = decode(bytes([0x58]) + bytes([0x66]) * 31)
+assert B is not None
+
+
+def torsion8() -> Point:
+    """A point of order 8 (L times a curve point outside the prime-order subgroup)."""
+    y = 2
+    while True:
+        a = decode(y.to_bytes(32, "little"))
+        if a is not None:
+            t = mul(L, a)
+            if mul(4, t) != IDENTITY:
+                return t
+        y += 1
+
+
+T8 = torsion8()
+
+
+def challenge(r: bytes, a: bytes, message: bytes) -> int:
+    return int.from_bytes(hashlib.sha512(r + a + message).digest(), "little") % L
+
+
+def sign_with(a: int, public: bytes, message: bytes, r_point: Point, r: int) -> bytes:
+    """A signature (R, S = r + h a) over ``message`` for any R the caller chose."""
+    rb = encode(r_point)
+    return rb + ((r + challenge(rb, public, message) * a) % L).to_bytes(32, "little")
+
+
+def libsodium(public: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public)
+    except (nacl.exceptions.BadSignatureError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bound() -> None:
+    assert native_verify_detached() is _edverify.verify_detached  # binds the extension
+
+
+def seeds() -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=32, max_size=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=seeds(), message=st.binary(max_size=96))
+def test_every_valid_signature_is_accepted_by_the_prepared_key(seed: bytes, message: bytes
+                                                                ) -> None:
+    key = nacl.signing.SigningKey(seed)
+    public, signature = bytes(key.verify_key), key.sign(message).signature
+    assert _edverify.fast_only(public, message, signature) == (True, True)
+    assert _edverify.verify_message(public, message, signature)
+
+
+@settings(max_examples=400, deadline=None)
+@given(seed=seeds(), message=st.binary(min_size=1, max_size=96),
+       where=st.sampled_from(["signature", "message", "key"]), index=st.integers(0, 511))
+def test_one_changed_bit_gets_libsodiums_verdict(seed: bytes, message: bytes, where: str,
+                                                 index: int) -> None:
+    key = nacl.signing.SigningKey(seed)
+    public, signature = bytes(key.verify_key), key.sign(message).signature
+    parts = {"signature": bytearray(signature), "message": bytearray(message),
+             "key": bytearray(public)}
+    target = parts[where]
+    bit = index % (8 * len(target))
+    target[bit // 8] ^= 1 << (bit % 8)
+    pk, m, sig = bytes(parts["key"]), bytes(parts["message"]), bytes(parts["signature"])
+    expected = libsodium(pk, m, sig)
+    fast, _prepared = _edverify.fast_only(pk, m, sig)
+    assert not fast or expected  # never accepts what libsodium refuses
+    assert _edverify.verify_message(pk, m, sig) == expected
+
+
+def test_the_readings_check_returns_the_body_digest_only_for_a_valid_signature() -> None:
+    key = nacl.signing.SigningKey(b"\x11" * 32)
+    public = bytes(key.verify_key)
+    body = b"a reading body" * 10
+    signature = key.sign(signing_message(READING_TAG, body)).signature
+    verify = native_verify_detached()
+    assert verify is not None
+    assert verify(READING_TAG, public, body, signature) == hashlib.sha256(body).digest()
+    assert verify(READING_TAG, public, body + b"!", signature) is None
+    assert verify(b"senken/other/v1\x00", public, body, signature) is None
+    with pytest.raises(ValueError):
+        verify(READING_TAG, public[:31], body, signature)
+    with pytest.raises(TypeError):
+        verify(READING_TAG, bytearray(public), body, signature)  # type: ignore[arg-type]
+
+
+def test_a_non_canonical_s_is_refused() -> None:
+    key = nacl.signing.SigningKey(b"\x12" * 32)
+    public, message = bytes(key.verify_key), b"m"
+    signature = key.sign(message).signature
+    s = int.from_bytes(signature[32:], "little") + L  # same value mod L, not canonical
+    forged = signature[:32] + s.to_bytes(32, "little")
+    assert not libsodium(public, message, forged)
+    assert _edverify.fast_only(public, message, forged) == (False, True)
+    assert not _edverify.verify_message(public, message, forged)
+
+
+def test_the_identity_as_r_is_refused_though_the_equation_holds() -> None:
+    a = secrets.randbelow(L - 1) + 1
+    public = encode(mul(a, B))
+    message = b"identity"
+    r_bytes = encode(IDENTITY)
+    h = challenge(r_bytes, public, message)
+    forged = r_bytes + (h * a % L).to_bytes(32, "little")  # S B - h A = identity = R
+    assert add(mul(h * a % L, B), mul(L - h, mul(a, B))) == IDENTITY  # the equation holds
+    assert not libsodium(public, message, forged)  # libsodium: R of small order
+    assert _edverify.fast_only(public, message, forged) == (False, True)
+    assert not _edverify.verify_message(public, message, forged)
+
+
+@pytest.mark.parametrize("order_of_t", [2, 4, 8])
+def test_r_with_a_small_order_component_is_refused(order_of_t: int) -> None:
+    t = mul(8 // order_of_t, T8)
+    a, r = secrets.randbelow(L - 1) + 1, secrets.randbelow(L - 1) + 1
+    public, message = encode(mul(a, B)), b"mixed R"
+    forged = sign_with(a, public, message, add(mul(r, B), t), r)  # valid only cofactored
+    assert not libsodium(public, message, forged)
+    assert _edverify.fast_only(public, message, forged) == (False, True)
+    assert not _edverify.verify_message(public, message, forged)
+
+
+def test_a_key_with_a_small_order_component_is_left_to_libsodium() -> None:
+    """libsodium accepts some signatures under such a key (it checks the key is not of small
+    order, not that it is in the prime-order subgroup): the prepared path must not judge it."""
+    a = secrets.randbelow(L - 1) + 1
+    mixed = add(mul(a, B), T8)
+    public, message = encode(mixed), b"mixed key"
+    for _attempt in range(256):  # h = 0 mod 8 with probability 1/8: then S B - h A' = r B = R
+        r = secrets.randbelow(L - 1) + 1
+        signature = sign_with(a, public, message, mul(r, B), r)
+        if challenge(signature[:32], public, message) % 8 == 0:
+            break
+    else:
+        pytest.fail("no h divisible by 8 in 256 attempts")
+    assert libsodium(public, message, signature)
+    assert _edverify.fast_only(public, message, signature) == (False, False)
+    assert _edverify.verify_message(public, message, signature)
+
+
+@pytest.mark.parametrize("point", [IDENTITY, T8, mul(2, T8), mul(4, T8)])
+def test_small_order_keys_are_refused(point: Point) -> None:
+    public = encode(point)
+    signature = encode(B) + (1).to_bytes(32, "little")
+    assert _edverify.fast_only(public, b"x", signature) == (False, False)
+    assert not _edverify.verify_message(public, b"x", signature)
+
+
+def test_more_keys_than_the_cache_holds_are_all_checked_right() -> None:
+    keys = [nacl.signing.SigningKey(i.to_bytes(32, "little")) for i in range(1, 2501)]
+    signed = [(bytes(k.verify_key), k.sign(b"reading").signature) for k in keys]
+    for _round in range(2):  # the second round finds most keys evicted by others
+        for public, signature in signed:
+            assert _edverify.fast_only(public, b"reading", signature) == (True, True)
+            assert not _edverify.verify_message(public, b"reading!", signature)
