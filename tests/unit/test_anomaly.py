@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -85,11 +86,33 @@ def test_infer_computes_the_documented_ratio(model: AnomalyModel) -> None:
 def test_infer_rows_independent_of_batch_size(model: AnomalyModel) -> None:
     rng = np.random.default_rng(1)
     big = rng.integers(0, 10**6, size=(300, model.window)).tolist()
-    whole = model.infer(big)  # chunks of 64, the last one in a batch of 64 holding 44
+    whole = model.infer(big)
     assert len(whole) == 300
     for b in (1, 2, 3, 4, 5, 17, 64, 65, 129, 256):  # every signature, padded or full
         assert model.infer(big[:b]) == whole[:b]
         assert model.infer(big[300 - b :]) == whole[300 - b :]
+    measured = dict(model.costs)
+    try:  # whichever mix of signatures the costs pick, the same results
+        for costs, used in (({4: 1.0, 16: 1.0, 64: 1.0}, {"b64"}),  # fewest invokes
+                            ({4: 1.0, 16: 9.0, 64: 99.0}, {"b4"}),
+                            ({4: 9.0, 16: 10.0, 64: 99.0}, {"b16"})):
+            model.costs.update(costs)
+            model._plans.clear()
+            assert model.infer(big) == whole
+            assert {sig.key for _s, _n, sig in model.plan(300)} == used
+    finally:
+        model.costs.update(measured)
+        model._plans.clear()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 17, 63, 64, 65, 150, 300, 1536])
+def test_a_plan_covers_every_row_once_within_its_signatures(model: AnomalyModel,
+                                                            rows: int) -> None:
+    plan = model.plan(rows)
+    assert [start for start, _n, _sig in plan] == list(
+        itertools.accumulate([n for _s, n, _sig in plan], initial=0))[:-1]
+    assert sum(n for _s, n, _sig in plan) == rows
+    assert all(0 < n <= int(sig.key[1:]) for _s, n, sig in plan)
     assert model.infer([]) == []
     with pytest.raises(ValueError, match="windows of 320"):
         model.infer([[0] * (model.window + 1)])
