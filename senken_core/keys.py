@@ -40,6 +40,7 @@ __all__ = [
     "DeviceKey",
     "check_key_file",
     "native_verify_detached",
+    "native_verify_many",
     "read_key_file",
     "signing_message",
     "verify_signature",
@@ -104,6 +105,37 @@ def native_verify_detached() -> VerifyDetached | None:
     _batchsign.bind_verify(*_sodium_addresses("crypto_sign_verify_detached",
                                               "crypto_hash_sha256"))
     return _batchsign.verify_detached
+
+
+VerifyMany = Callable[[bytes, bytes, list[bytes], list[bytes]], "list[bytes | None]"]
+
+
+@functools.cache
+def native_verify_many() -> VerifyMany | None:
+    """``verify_many(tag, public_key, bodies, signatures)``: per item what
+    :func:`native_verify_detached` gives, None too for an item that is not bytes with a 64-byte
+    signature (callers check those themselves). One call per batch of one device's readings:
+    with ``_edverify`` one field inversion serves the whole batch. None without an extension."""
+    single = native_verify_detached()
+    if single is None:
+        return None
+    try:
+        from senken_core import _edverify  # bound by native_verify_detached
+    except ImportError:
+        pass
+    else:
+        if single is _edverify.verify_detached:
+            return _edverify.verify_many
+
+    def one_by_one(tag: bytes, public_key: bytes, bodies: list[bytes],
+                   signatures: list[bytes]) -> list[bytes | None]:
+        if len(bodies) != len(signatures):
+            raise ValueError("not as many signatures as bodies")
+        return [single(tag, public_key, body, signature)
+                if type(body) is bytes and type(signature) is bytes and len(signature) == 64
+                else None for body, signature in zip(bodies, signatures, strict=True)]
+
+    return one_by_one
 
 
 def signing_message(tag: bytes, body: bytes) -> bytes:

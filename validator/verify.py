@@ -39,7 +39,12 @@ from enum import StrEnum
 from typing import Protocol
 
 from senken_core.errors import EncodingError, SignatureError
-from senken_core.keys import READING_TAG, native_verify_detached, verify_signature
+from senken_core.keys import (
+    READING_TAG,
+    native_verify_detached,
+    native_verify_many,
+    verify_signature,
+)
 from senken_core.reading import Reading, decode_of_kind
 from senken_core.sensors import SENSOR_KINDS, SensorKind
 
@@ -52,6 +57,13 @@ def _native_verify() -> Callable[[bytes, bytes, bytes, bytes], bytes | None] | N
     """The core's native ``verify_detached`` (keys prepared once), or None where no extension
     is built."""
     return native_verify_detached()
+
+
+def _native_verify_many() -> Callable[[bytes, bytes, list[bytes], list[bytes]],
+                                      list[bytes | None]] | None:
+    """The core's native ``verify_many`` (a batch of one key's signatures in one call), or None
+    where no extension is built."""
+    return native_verify_many() if _native_verify() is not None else None
 
 
 def _signed_digest(public_key: bytes, body: bytes, signature: bytes) -> bytes:
@@ -237,19 +249,24 @@ class ReadingVerifier:
         # is admitted with what is the same for the whole batch looked up once: the same
         # checks as _admit, and anything else goes through _admit for its exact verdict.
         entry = self.registry.lookup(topic_device)
-        native = _native_verify()
+        verify_many = _native_verify_many()
         fast: list[Reading | None] | None = None
-        if (entry is not None and not entry.revoked and native is not None
+        if (entry is not None and not entry.revoked and verify_many is not None
                 and type(entry.public_key) is bytes and len(entry.public_key) == 32):
-            fast = decode_of_kind(entry.kind, [body for body, _ in items])
+            bodies = [body for body, _ in items]
+            fast = decode_of_kind(entry.kind, bodies)
             public_key, model = entry.public_key, entry.model_sha256
+            # every signature of the batch in one call (None where it does not verify, and
+            # for items the fast path below leaves to _admit)
+            digests = verify_many(READING_TAG, public_key, bodies,
+                                  [signature for _, signature in items])
         devices = self._devices
         for i, (body, signature) in enumerate(items):
             reading = fast[i] if fast is not None else None
             if (reading is not None and reading.device == topic_device
                     and reading.model_sha256 == model and type(signature) is bytes
                     and len(signature) == 64 and type(body) is bytes):
-                digest = native(READING_TAG, public_key, body, signature)  # type: ignore[misc]
+                digest = digests[i]
                 if digest is None:
                     verdicts[i] = Verdict("rejected", reading, Reason.BAD_SIGNATURE,
                                           _BAD_SIGNATURE)

@@ -228,3 +228,63 @@ def test_more_keys_than_the_cache_holds_are_all_checked_right() -> None:
         for public, signature in signed:
             assert _edverify.fast_only(public, b"reading", signature) == (True, True)
             assert not _edverify.verify_message(public, b"reading!", signature)
+
+
+def _reading_batch(key: nacl.signing.SigningKey, bodies: list[bytes]) -> list[bytes]:
+    return [key.sign(signing_message(READING_TAG, body)).signature for body in bodies]
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=seeds(), bodies=st.lists(st.binary(max_size=300), min_size=0, max_size=40),
+       flips=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 511)), max_size=6))
+def test_a_batch_gets_the_verdict_of_each_signature_alone(
+        seed: bytes, bodies: list[bytes], flips: list[tuple[int, int]]) -> None:
+    key = nacl.signing.SigningKey(seed)
+    public = bytes(key.verify_key)
+    signatures = _reading_batch(key, bodies)
+    for item, bit in flips:  # some signatures changed
+        if item < len(signatures):
+            changed = bytearray(signatures[item])
+            changed[bit // 8] ^= 1 << (bit % 8)
+            signatures[item] = bytes(changed)
+    one_by_one = [_edverify.verify_detached(READING_TAG, public, b, s)
+                  for b, s in zip(bodies, signatures, strict=True)]
+    assert _edverify.verify_many(READING_TAG, public, bodies, signatures) == one_by_one
+    assert one_by_one == [hashlib.sha256(b).digest()
+                          if libsodium(public, signing_message(READING_TAG, b), s) else None
+                          for b, s in zip(bodies, signatures, strict=True)]
+
+
+def test_a_batch_with_crafted_and_unusable_items() -> None:
+    a = secrets.randbelow(L - 1) + 1
+    public = encode(mul(a, B))
+    bodies = [b"valid %d" % i for i in range(6)]
+    digest_message = [signing_message(READING_TAG, body) for body in bodies]
+
+    def honest(i: int) -> bytes:
+        r = secrets.randbelow(L - 1) + 1
+        return sign_with(a, public, digest_message[i], mul(r, B), r)
+
+    identity_r = encode(IDENTITY)
+    h = challenge(identity_r, public, digest_message[2])
+    r = secrets.randbelow(L - 1) + 1
+    signatures: list[object] = [
+        honest(0),
+        honest(1)[:32] + (int.from_bytes(honest(1)[32:], "little") + L).to_bytes(32, "little"),
+        identity_r + (h * a % L).to_bytes(32, "little"),
+        sign_with(a, public, digest_message[3], add(mul(r, B), T8), r),
+        honest(4)[:63],  # not 64 bytes: not checked
+        bytearray(honest(5)),  # not bytes: not checked
+    ]
+    got = _edverify.verify_many(READING_TAG, public, bodies, signatures)  # type: ignore[arg-type]
+    assert got == [hashlib.sha256(bodies[0]).digest(), None, None, None, None, None]
+    with pytest.raises(ValueError):
+        _edverify.verify_many(READING_TAG, public, bodies, signatures[:5])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _edverify.verify_many(READING_TAG, public, tuple(bodies), signatures)  # type: ignore[arg-type]
+
+
+def test_a_batch_under_a_key_left_to_libsodium() -> None:
+    public = encode(add(mul(secrets.randbelow(L - 1) + 1, B), T8))
+    signatures = [encode(B) + bytes(32), bytes(64)]
+    assert _edverify.verify_many(READING_TAG, public, [b"x", b"y"], signatures) == [None, None]
