@@ -56,6 +56,7 @@ __all__ = [
     "inclusion_proof",
     "leaf_hash",
     "merkle_root",
+    "merkle_root_of_leaf_hashes",
     "verify_inclusion",
 ]
 
@@ -252,6 +253,18 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     if len(leaves) == 0:
         return _EMPTY_ROOT
     level = _leaf_level(leaves)
+    while len(level) > 1:
+        level = _parent_level(level)
+    return level[0]
+
+
+def merkle_root_of_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
+    """:func:`merkle_root` of leaves whose :func:`leaf_hash` the caller already holds (in
+    order): ``merkle_root(leaves) == merkle_root_of_leaf_hashes([leaf_hash(x) for x in
+    leaves])``."""
+    if len(hashes) == 0:
+        return _EMPTY_ROOT
+    level = list(hashes)
     while len(level) > 1:
         level = _parent_level(level)
     return level[0]

@@ -400,7 +400,7 @@ class Rounds:
                 methodology=ag.terms.methodology_terms(), model_hash=ag.terms.model_hash,
                 readings=[(h.reading, h.signed.body) for h in readings],
                 boundary=None if boundary is None else boundary.reading,
-                rejected=agreed_rejected(haves))
+                rejected=agreed_rejected(haves), leaf_hashes=[h.leaf for h in readings])
         except ValueError:
             ag.signed_round = proposal.round  # a reading outside the window: never sign this
             self.stats.count_dropped("bad_proposal")

@@ -23,7 +23,7 @@ from senken_core.evidence import (
     window_attestation,
 )
 from senken_core.keys import READING_TAG, DeviceKey
-from senken_core.merkle import merkle_root
+from senken_core.merkle import leaf_hash, merkle_root
 from senken_core.methodology import GridExportAmsID
 from senken_core.quorum import QuorumCertificate, ValidatorSet
 from senken_core.reading import Reading, SignedReading
@@ -482,3 +482,32 @@ def test_wire_round_trip(signatures: list[bytes], readings: list[SignedReading],
     wire = w.to_wire()
     assert CertifiedWindow.from_wire(wire) == w
     assert CertifiedWindow.from_wire(wire).to_wire() == wire
+
+
+def test_window_attestation_with_the_leaf_hashes_given_is_the_same() -> None:
+    pairs = [(r, r.canonical()) for r in FIRST]
+    given_hashes = window_attestation(
+        project="pv-plant-7", device=DEVICE, window_start=T0, window_seconds=HOUR,
+        methodology=AMS, model_hash=MODEL, readings=pairs, boundary=None, rejected=0,
+        leaf_hashes=[leaf_hash(body) for _, body in pairs])
+    assert given_hashes == attest(FIRST)
+    with pytest.raises(ValueError, match="leaf hashes"):
+        window_attestation(
+            project="pv-plant-7", device=DEVICE, window_start=T0, window_seconds=HOUR,
+            methodology=AMS, model_hash=MODEL, readings=pairs, boundary=None, rejected=0,
+            leaf_hashes=[])
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(0, 30), with_boundary=st.booleans(), signers=st.integers(0, 4),
+       body_pad=st.integers(0, 300))
+def test_the_wire_of_a_certified_window_is_the_generic_canonical_encoding(
+        count: int, with_boundary: bool, signers: int, body_pad: int) -> None:
+    readings = tuple(SignedReading(bytes([i % 251]) * (i + body_pad), bytes([i]) * 64)
+                     for i in range(count))
+    boundary = SignedReading(b"b" * body_pad, b"s" * 64) if with_boundary else None
+    cert = QuorumCertificate(attest(FIRST), tuple(k.sign_digest(b"\x01" * 32)
+                                                  for k in KEYS[:signers]))
+    w = CertifiedWindow(cert, readings, boundary)
+    assert w.to_wire() == w._to_wire_generic()
+    assert CertifiedWindow.from_wire(w.to_wire()) == w

@@ -25,6 +25,7 @@ from senken_core.merkle import (
     inclusion_proof,
     leaf_hash,
     merkle_root,
+    merkle_root_of_leaf_hashes,
     verify_inclusion,
 )
 
@@ -223,6 +224,12 @@ def test_every_proof_verifies_and_matches_the_reference(leaves: list[bytes]) -> 
         assert ref_root_from_path(leaf_hash(leaf), index, len(leaves), proof.path) == root
         verify_inclusion(leaf, proof, root)
         verify_inclusion(leaf, proof, root, tree_size=len(leaves))
+
+
+@settings(max_examples=100, deadline=None)
+@given(leaf_lists)
+def test_the_root_of_leaf_hashes_is_the_root_of_the_leaves(leaves: list[bytes]) -> None:
+    assert merkle_root_of_leaf_hashes([leaf_hash(x) for x in leaves]) == merkle_root(leaves)
 
 
 @pytest.mark.parametrize("size", [127, 128, 129, 255, 256, 257, 1000, 1025])
