@@ -10,7 +10,8 @@
    batch of one key's signatures with one field inversion for all their final encodings
    (Montgomery's trick) instead of one each.
 
-   The answer is libsodium's, bit for bit (docs/protocol.md, section "reading signatures"):
+   The answer is libsodium's, bit for bit (docs/protocol.md, section 3, "Which signatures
+   verify"):
      - only keys that crypto_core_ed25519_is_valid_point accepts (canonical, on the curve, not of
        small order, in the prime-order subgroup: every honest key) take this path; any other key
        goes to crypto_sign_verify_detached itself;
@@ -449,9 +450,16 @@ static reduce_fn p_reduce = NULL;
 static valid_point_fn p_valid_point = NULL;
 static verify_fn p_verify = NULL;
 
-/* ---- prepared keys: a direct-mapped cache of -A's table by key ---- */
+/* ---- prepared keys: a direct-mapped cache of -A's table by key ----
+   Preparing a key costs about ten verifications (the subgroup check, 64 table entries with an
+   inversion each) and saves more than half of each later one; a key earns a slot (evicting the
+   slot's key) once it has been verified ADMIT times since it last lost one, so that a validator
+   with more devices than slots, each sending a reading now and then, does not rebuild tables
+   for keys it then uses once: at worst it spends ~1/ADMIT of a preparation per verification. */
 
-#define SLOTS 512
+#define SLOTS 2048 /* 7.7 KB each when used: at most ~16 MB */
+#define COUNTERS 16384
+#define ADMIT 32
 typedef struct {
     unsigned char pk[32];
     int usable; /* 1: table below; 0: verify this key with libsodium */
@@ -459,12 +467,20 @@ typedef struct {
 } slot;
 
 static slot *cache[SLOTS];
+static unsigned char uses[COUNTERS]; /* verifications since a key last lost its slot, by hash */
 static Py_ssize_t prepared_keys = 0, libsodium_keys = 0;
 
-static slot *prepared(const unsigned char pk[32]) {
+/* the key's slot, or NULL: not (yet) worth one, `n` verifications being asked now */
+static slot *prepared(const unsigned char pk[32], Py_ssize_t n) {
     unsigned idx = ((unsigned)pk[0] | ((unsigned)pk[1] << 8)) % SLOTS;
     slot *s = cache[idx];
     if (s != NULL && memcmp(s->pk, pk, 32) == 0) return s;
+    unsigned counter = ((unsigned)pk[2] | ((unsigned)pk[3] << 8)) % COUNTERS;
+    if (uses[counter] + n < ADMIT) {
+        uses[counter] = (unsigned char)(uses[counter] + n);
+        return NULL;
+    }
+    uses[counter] = 0;
     if (s == NULL) {
         s = PyMem_RawMalloc(sizeof(slot));
         if (s == NULL) return NULL;
@@ -589,7 +605,7 @@ static PyObject *verify_detached(PyObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     /* the GIL is held throughout: the key cache is shared */
-    slot *key = prepared(pk);
+    slot *key = prepared(pk, 1);
     if (!verify_one(key, sig, msg, (size_t)tag_len + 32, pk)) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)msg + tag_len, 32);
 }
@@ -625,7 +641,7 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
     memcpy(msg, PyBytes_AS_STRING(tag), (size_t)tag_len);
     memcpy(buf + 32, pk, 32);
     size_t mlen = (size_t)tag_len + 32;
-    slot *key = prepared(pk);
+    slot *key = prepared(pk, n);
     Py_ssize_t last = -1; /* the last item whose point is in the running product */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *body = PyList_GET_ITEM(bodies, i), *sig = PyList_GET_ITEM(sigs, i);
@@ -709,7 +725,7 @@ static PyObject *verify_message(PyObject *self, PyObject *args) {
     if (pk.len != 32 || sig.len != 64 || m.len > MAX_TAG + 32) {
         PyErr_SetString(PyExc_ValueError, "32-byte key, 64-byte signature, message <= 96 bytes");
     } else {
-        slot *key = prepared(pk.buf);
+        slot *key = prepared(pk.buf, ADMIT);
         result = PyBool_FromLong(verify_one(key, sig.buf, m.buf, (size_t)m.len, pk.buf));
     }
     PyBuffer_Release(&pk);
@@ -729,7 +745,7 @@ static PyObject *fast_only(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "32-byte key, 64-byte signature, message <= 96 bytes");
     } else {
         const unsigned char *s = sig.buf;
-        slot *key = prepared(pk.buf);
+        slot *key = prepared(pk.buf, ADMIT);
         int ok = 0;
         if (key != NULL && key->usable && canonical_scalar(s + 32) &&
             memcmp(s, IDENTITY, 32) != 0) {
@@ -753,6 +769,15 @@ static PyObject *fast_only(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *forget_keys(PyObject *self, PyObject *unused) {
+    for (int i = 0; i < SLOTS; i++) {
+        PyMem_RawFree(cache[i]);
+        cache[i] = NULL;
+    }
+    memset(uses, 0, sizeof uses);
+    Py_RETURN_NONE;
+}
+
 static PyObject *key_counts(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(nn)", prepared_keys, libsodium_keys);
 }
@@ -768,6 +793,8 @@ static PyMethodDef methods[] = {
      "verify_message(public_key, message, signature) -> bool"},
     {"fast_only", fast_only, METH_VARARGS,
      "fast_only(public_key, message, signature) -> (valid, key prepared): no libsodium retry"},
+    {"forget_keys", forget_keys, METH_NOARGS,
+     "forget_keys(): drop every prepared key and use count (tests)"},
     {"key_counts", key_counts, METH_NOARGS,
      "key_counts() -> (keys prepared, keys left to libsodium) since start"},
     {NULL, NULL, 0, NULL}};

@@ -288,3 +288,26 @@ def test_a_batch_under_a_key_left_to_libsodium() -> None:
     public = encode(add(mul(secrets.randbelow(L - 1) + 1, B), T8))
     signatures = [encode(B) + bytes(32), bytes(64)]
     assert _edverify.verify_many(READING_TAG, public, [b"x", b"y"], signatures) == [None, None]
+
+
+def test_a_key_is_prepared_once_it_has_been_used_enough() -> None:
+    """A key seen now and then is left to libsodium (a table costs about ten verifications);
+    the 32nd verification under it prepares it. The verdicts never depend on which."""
+    key = nacl.signing.SigningKey(b"\x13" * 32)
+    public = bytes(key.verify_key)
+    body = b"now and then"
+    signature = key.sign(signing_message(READING_TAG, body)).signature
+    _edverify.forget_keys()  # no use counted yet for any key
+    prepared_before, _ = _edverify.key_counts()
+    for _ in range(31):
+        assert _edverify.verify_detached(READING_TAG, public, body, signature) is not None
+    assert _edverify.key_counts()[0] == prepared_before  # libsodium's, 31 times
+    assert _edverify.verify_detached(READING_TAG, public, body + b"!", signature) is None
+    assert _edverify.key_counts()[0] == prepared_before + 1  # the 32nd use prepared it
+    assert _edverify.verify_detached(READING_TAG, public, body, signature) is not None
+    bodies = [b"%d" % i for i in range(40)]
+    other = nacl.signing.SigningKey(b"\x14" * 32)
+    signatures = _reading_batch(other, bodies)
+    assert _edverify.verify_many(READING_TAG, bytes(other.verify_key), bodies, signatures) == [
+        hashlib.sha256(b).digest() for b in bodies]  # a batch of 40 prepares it at once
+    assert _edverify.key_counts()[0] == prepared_before + 2
