@@ -526,6 +526,20 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def wait_quantile(metrics: dict[str, float], q: float) -> str:
+    """The smallest bucket bound of ``senken_validator_message_wait_seconds`` holding a
+    fraction ``q`` of the messages (how long a message waited for the node to take it up)."""
+    prefix = "senken_validator_message_wait_seconds"
+    total = metrics.get(prefix + "_count", 0.0)
+    bounds = sorted((float(name.split('le="')[1].rstrip('"}')), value)
+                    for name, value in metrics.items()
+                    if name.startswith(prefix + "_bucket") and "+Inf" not in name)
+    for bound, count in bounds:
+        if total and count >= q * total:
+            return f"{bound:g}"
+    return "inf" if total else "?"
+
+
 def rejected_by_reason(metrics: dict[str, float]) -> dict[str, int]:
     found = {}
     for name, value in metrics.items():
@@ -685,7 +699,8 @@ def full_run(args: argparse.Namespace, rate: float, model: AnomalyModel, port: i
               f"{h.get('pending')}, duplicate {h.get('readings_duplicate')}, rejected "
               f"{rejected or 'none'}, rounds timed out {h.get('rounds_timed_out')}, certificates "
               f"assembled {h.get('certificates')}, node errors {h.get('node_errors')}; CPU "
-              f"{c:,.0f} ms per 1000 readings")
+              f"{c:,.0f} ms per 1000 readings; messages waited p99 <= "
+              f"{wait_quantile(m, 0.99)} s in its inbox")
         if rejected:
             print(f"  WARNING: validator {i} rejected readings: {rejected}")
     print(f"  CPU over {wall:.1f} s: validators {sum(cpu1) - sum(cpu0):.1f} s, "

@@ -340,8 +340,12 @@ class ValidatorRunner:
             self._node_now = t
             self._tick(t)
             return None
-        if self._inbox:
-            at, topic, payload = self._inbox.popleft()
+        inbox = self._inbox
+        if inbox:
+            at, topic, payload = inbox.popleft()
+            self.metrics.message_wait.observe(max(0.0, now - at))
+            self.state.inbox_queued = len(inbox)
+            self.state.behind_s = max(0.0, now - inbox[0][0]) if inbox else 0.0
             self.handle_message(topic, payload, max(self._node_now,
                                                     min(now, max(at, now - MAX_DEFER_S))))
             return None

@@ -26,7 +26,9 @@ Metrics (all prefixed ``senken_validator_``): ``readings_verified_total``,
 ``registry_refused_total{reason}``, ``windows_open``, ``mqtt_connected``, and the runner's own:
 ``mqtt_messages_received_total``, ``node_errors_total``, ``messages_published_total``,
 ``publish_failures_total``, ``outbound_dropped_total``, ``outbound_queued``,
-``mqtt_connections_total``, ``last_message_timestamp_seconds``, ``info{address}``.
+``mqtt_connections_total``, ``last_message_timestamp_seconds``, ``inbox_queued``,
+``behind_seconds``, ``message_wait_seconds`` (histogram: arrival to the node taking a message
+up), ``info{address}``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = ["PEER_WINDOW_S", "HealthServer", "RunnerState", "StatsLike", "Validat
 PEER_WINDOW_S = 60.0
 _P = "senken_validator_"
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ class RunnerState:
     outbound_queued: int = 0
     chain_poll_failures: int = 0  # chain polls that failed (the node keeps its schedule)
     chain_polls_failing: int = 0  # gauge: failed in a row, 0 once the chain answers
+    inbox_queued: int = 0  # messages received, not yet given to the node
+    behind_s: float = 0.0  # how long the oldest of them has waited (when the last was taken)
     started_at: float = field(default_factory=time.time)
 
 
@@ -124,6 +129,10 @@ class ValidatorMetrics:
             _P + "quorum_latency_seconds",
             "Time from a window being due to its quorum certificate, as this node saw it",
             buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.message_wait = Histogram(
+            _P + "message_wait_seconds",
+            "Time from a message's arrival to the node taking it up (a node that cannot keep "
+            "up shows it here first)", buckets=_WAIT_BUCKETS, registry=self.registry)
         self.registry.register(_NodeCollector(self))
 
     def drain(self, stats: StatsLike) -> None:
@@ -256,6 +265,10 @@ class _NodeCollector(Collector):
                       st.outbound_dropped)
         yield gauge("outbound_queued", "Outbound messages waiting for the broker",
                     st.outbound_queued)
+        yield gauge("inbox_queued", "Messages received and not yet taken up by the node",
+                    st.inbox_queued)
+        yield gauge("behind_seconds", "How long the oldest message not yet taken up had "
+                    "waited, when the node last took one", st.behind_s)
         if st.last_message_at is not None:
             yield gauge("last_message_timestamp_seconds",
                         "Unix time of the last message from the broker", st.last_message_at)

@@ -12,6 +12,7 @@ The last test runs the real node (``senken validator run``).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -127,6 +128,19 @@ def test_messages_in_outbound_out_timers_errors_metrics_status_and_a_clean_stop(
         as_json = json.loads(senken("validator", "status", "--config", str(proc.config),
                                     "--json").stdout)
         assert as_json["running"] is True and as_json["peers_seen"] == 1
+
+        # a message queued behind long ones waits, and the operator sees it: the last of
+        # these is in the inbox at the latest when the first busy one ends (the socket is
+        # read before each message), then waits out the second (1.2 s)
+        for payload in (b"busy:0.3", b"busy:1.2", b"queued"):
+            watch.publish(f"{inbox}/e", payload)
+        wait_until(lambda: b"queued" in watch.payloads(f"{outbox}/e"), 10, "the last echo")
+        waits = dict(re.findall(
+            r'^senken_validator_message_wait_seconds_(count|bucket\{le="1\.0"\}) (\S+)$',
+            proc.metrics(), re.M))
+        assert float(waits["count"]) == 11.0, waits
+        assert float(waits['bucket{le="1.0"}']) <= 10.0, waits
+        assert "senken_validator_inbox_queued 0.0" in proc.metrics()
 
         # one validator per state dir: a second one on the same config refuses, status 2
         second = subprocess.run(proc.command(), capture_output=True, text=True, timeout=60,
