@@ -253,6 +253,9 @@ class ValidatorRunner:
         self.client_id = cfg.client_id_for(node.address)
         self._outbox: deque[Outbound] = deque()
         self._inbox: deque[tuple[float, str, bytes]] = deque()  # (arrival, topic, payload)
+        # peers' messages (agreement, certificates): taken up before waiting reading batches
+        self._peers: deque[tuple[float, str, bytes]] = deque()
+        self._peer_prefix = f"{topic_prefix}/validators/"
         self._node_now = -float("inf")  # the last time given to the node (never decreases)
         self._last_tick = -float("inf")  # monotonic
         self._inflight: set[asyncio.Task[None]] = set()
@@ -293,16 +296,19 @@ class ValidatorRunner:
                       exc_info=True)
 
     def received(self, topic: str, payload: bytes, at: float | None = None) -> None:
-        """A message from the broker, arrived at ``at`` (default now): queued for the node."""
-        self._inbox.append((self.clock() if at is None else at, topic, payload))
+        """A message from the broker, arrived at ``at`` (default now): queued for the node,
+        peers' messages apart from the rest."""
+        queue = self._peers if topic.startswith(self._peer_prefix) else self._inbox
+        queue.append((self.clock() if at is None else at, topic, payload))
         self._wake.set()
 
     def node_time(self, now: float) -> float:
         """The time the node may be at: ``now``, but not past the arrival of the oldest
         message it has not processed yet, unless that is more than ``MAX_DEFER_S`` ago."""
         t = now
-        if self._inbox:
-            t = min(now, max(self._inbox[0][0], now - MAX_DEFER_S))
+        if self._inbox or self._peers:
+            oldest = min(q[0][0] for q in (self._inbox, self._peers) if q)
+            t = min(now, max(oldest, now - MAX_DEFER_S))
         return max(t, self._node_now)
 
     def _pump(self) -> None:
@@ -327,7 +333,7 @@ class ValidatorRunner:
 
     def step(self) -> float | None:
         """Do the next thing the node needs: a tick that is due at the node's time, else the
-        oldest message. Returns None when it did something, else how long to wait (s) at most
+        oldest peer's message, else the oldest other message. Returns None when it did something, else how long to wait (s) at most
         before the next tick. Never raises."""
         self._pump()
         now = self.clock()
@@ -340,14 +346,22 @@ class ValidatorRunner:
             self._node_now = t
             self._tick(t)
             return None
-        inbox = self._inbox
-        if inbox:
-            at, topic, payload = inbox.popleft()
+        # A peer's message goes first, at the node's time (the oldest arrival still waiting):
+        # a window's have, proposal, signatures and certificate are not held up behind the
+        # reading batches of the next window that arrived before them (docs/protocol.md,
+        # section 7, "late, not lost"). Everything else in arrival order, at its arrival.
+        queue = self._peers or self._inbox
+        if queue:
+            at, topic, payload = queue.popleft()
             self.metrics.message_wait.observe(max(0.0, now - at))
-            self.state.inbox_queued = len(inbox)
+            inbox = self._inbox
+            self.state.inbox_queued = len(inbox) + len(self._peers)
             self.state.behind_s = max(0.0, now - inbox[0][0]) if inbox else 0.0
-            self.handle_message(topic, payload, max(self._node_now,
-                                                    min(now, max(at, now - MAX_DEFER_S))))
+            if queue is self._peers:
+                self.handle_message(topic, payload, t)
+            else:
+                self.handle_message(topic, payload, max(
+                    self._node_now, min(now, max(at, now - MAX_DEFER_S))))
             return None
         wait_s = TICK_EVERY_S - since
         if deadline is not None:
