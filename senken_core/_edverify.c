@@ -150,29 +150,29 @@ static void fe_sqn(fe h, const fe f, int n) {
     for (int i = 1; i < n; i++) fe_sq(h, h);
 }
 
+/* out = run^(2^n) * low: with run = z^(2^a - 1) and low = z^(2^n - 1), z^(2^(a+n) - 1) */
+static void fe_extend(fe out, const fe run, int n, const fe low) {
+    fe t;
+    fe_sqn(t, run, n);
+    fe_mul(out, t, low);
+}
+
 /* z^(2^250 - 1) and z^11: the common part of inversion and the square root exponent */
 static void fe_pow_2_250_1(fe z250, fe z11, const fe z) {
-    fe z2, z9, t, z5, z10, z20, z50, z100;
-    fe_sq(z2, z);              /* 2 */
-    fe_sqn(t, z2, 2);          /* 8 */
-    fe_mul(z9, t, z);          /* 9 */
-    fe_mul(z11, z9, z2);       /* 11 */
-    fe_sq(t, z11);             /* 22 */
-    fe_mul(z5, t, z9);         /* 2^5 - 1 */
-    fe_sqn(t, z5, 5);
-    fe_mul(z10, t, z5);        /* 2^10 - 1 */
-    fe_sqn(t, z10, 10);
-    fe_mul(z20, t, z10);       /* 2^20 - 1 */
-    fe_sqn(t, z20, 20);
-    fe_mul(t, t, z20);         /* 2^40 - 1 */
-    fe_sqn(t, t, 10);
-    fe_mul(z50, t, z10);       /* 2^50 - 1 */
-    fe_sqn(t, z50, 50);
-    fe_mul(z100, t, z50);      /* 2^100 - 1 */
-    fe_sqn(t, z100, 100);
-    fe_mul(t, t, z100);        /* 2^200 - 1 */
-    fe_sqn(t, t, 50);
-    fe_mul(z250, t, z50);      /* 2^250 - 1 */
+    fe z2, z9, t, z5, z10, z20, z40, z50, z100, z200;
+    fe_sq(z2, z);                  /* 2 */
+    fe_sqn(t, z2, 2);              /* 8 */
+    fe_mul(z9, t, z);              /* 9 */
+    fe_mul(z11, z9, z2);           /* 11 */
+    fe_sq(t, z11);                 /* 22 */
+    fe_mul(z5, t, z9);             /* 2^5 - 1 */
+    fe_extend(z10, z5, 5, z5);     /* 2^10 - 1 */
+    fe_extend(z20, z10, 10, z10);  /* 2^20 - 1 */
+    fe_extend(z40, z20, 20, z20);  /* 2^40 - 1 */
+    fe_extend(z50, z40, 10, z10);  /* 2^50 - 1 */
+    fe_extend(z100, z50, 50, z50); /* 2^100 - 1 */
+    fe_extend(z200, z100, 100, z100); /* 2^200 - 1 */
+    fe_extend(z250, z200, 50, z50);   /* 2^250 - 1 */
 }
 
 static void fe_invert(fe h, const fe z) { /* z^(p - 2) = z^(2^255 - 21) */
@@ -200,12 +200,6 @@ static int fe_isodd(const fe f) {
     unsigned char s[32];
     fe_tobytes(s, f);
     return s[0] & 1;
-}
-
-static int fe_equal(const fe f, const fe g) {
-    fe t;
-    fe_sub(t, f, g);
-    return fe_iszero(t);
 }
 
 /* ---- the curve: -x^2 + y^2 = 1 + d x^2 y^2 ---- */
@@ -275,6 +269,14 @@ static void ge_tobytes(unsigned char s[32], const ge *p) {
     s[31] ^= (unsigned char)(fe_isodd(x) << 7);
 }
 
+/* the last step of the extended-coordinates formulas: X = EF, Y = GH, T = EH, Z = FG */
+static inline void ge_from_efgh(ge *r, const fe e, const fe f, const fe g, const fe h) {
+    fe_mul(r->X, e, f);
+    fe_mul(r->Y, g, h);
+    fe_mul(r->T, e, h);
+    fe_mul(r->Z, f, g);
+}
+
 static void ge_dbl(ge *r, const ge *p) {
     fe a, b, c, e, g, f, h, t;
     fe_sq(a, p->X);
@@ -289,10 +291,7 @@ static void ge_dbl(ge *r, const ge *p) {
     fe_sub(f, g, c);        /* F = G - C */
     fe_add(h, a, b);
     fe_neg(h, h);           /* H = -A - B */
-    fe_mul(r->X, e, f);
-    fe_mul(r->Y, g, h);
-    fe_mul(r->T, e, h);
-    fe_mul(r->Z, f, g);
+    ge_from_efgh(r, e, f, g, h);
 }
 
 /* r = p + q (sign = +1) or p - q (sign = -1), q affine */
@@ -313,10 +312,7 @@ static void ge_madd(ge *r, const ge *p, const niels *q, int sign) {
         fe_sub(g, d, c);
     }
     fe_add(h, b, a);
-    fe_mul(r->X, e, f);
-    fe_mul(r->Y, g, h);
-    fe_mul(r->T, e, h);
-    fe_mul(r->Z, f, g);
+    ge_from_efgh(r, e, f, g, h);
 }
 
 /* full addition of two extended points (only used to build tables) */
@@ -336,10 +332,7 @@ static void ge_add(ge *r, const ge *p, const ge *q) {
     fe_sub(f, d, c);
     fe_add(g, d, c);
     fe_add(h, b, a);
-    fe_mul(r->X, e, f);
-    fe_mul(r->Y, g, h);
-    fe_mul(r->T, e, h);
-    fe_mul(r->Z, f, g);
+    ge_from_efgh(r, e, f, g, h);
 }
 
 static void ge_to_niels(niels *n, const ge *p) {
@@ -513,22 +506,37 @@ static const unsigned char IDENTITY[32] = {1};
 
 #define MAX_TAG 64
 
+/* R' = s B - h A into *r for a signature the prepared key may judge (1), else 0: the key is
+   not prepared, S is not canonical or R is the identity (then libsodium decides) */
+static int fast_point(const slot *key, const unsigned char *sig, const unsigned char *m,
+                      size_t mlen, const unsigned char *pk, ge *r) {
+    if (key == NULL || !key->usable || !canonical_scalar(sig + 32) ||
+        memcmp(sig, IDENTITY, 32) == 0)
+        return 0;
+    unsigned char buf[64 + MAX_TAG + 32], hash[64], h[32];
+    memcpy(buf, sig, 32);
+    memcpy(buf + 32, pk, 32);
+    memcpy(buf + 64, m, mlen);
+    p_sha512(hash, buf, 64 + mlen);
+    p_reduce(h, hash);
+    double_scalarmult(r, sig + 32, h, &key->table);
+    return 1;
+}
+
+/* 1 if the prepared key accepts sig (this file's answer alone) */
+static int fast_accepts(const slot *key, const unsigned char *sig, const unsigned char *m,
+                        size_t mlen, const unsigned char *pk) {
+    ge r;
+    unsigned char check[32];
+    if (!fast_point(key, sig, m, mlen, pk, &r)) return 0;
+    ge_tobytes(check, &r);
+    return memcmp(check, sig, 32) == 0;
+}
+
 /* 1 if sig is pk's signature over m (mlen bytes), as crypto_sign_verify_detached says */
 static int verify_one(const slot *key, const unsigned char *sig, const unsigned char *m,
                       size_t mlen, const unsigned char *pk) {
-    if (key != NULL && key->usable && canonical_scalar(sig + 32) &&
-        memcmp(sig, IDENTITY, 32) != 0) {
-        unsigned char buf[64 + MAX_TAG + 32], hash[64], h[32], check[32];
-        ge r;
-        memcpy(buf, sig, 32);
-        memcpy(buf + 32, pk, 32);
-        memcpy(buf + 64, m, mlen);
-        p_sha512(hash, buf, 64 + mlen);
-        p_reduce(h, hash);
-        double_scalarmult(&r, sig + 32, h, &key->table);
-        ge_tobytes(check, &r);
-        if (memcmp(check, sig, 32) == 0) return 1;
-    }
+    if (fast_accepts(key, sig, m, mlen, pk)) return 1;
     return p_verify(sig, m, mlen, pk) == 0; /* refusals are libsodium's own */
 }
 
@@ -637,9 +645,8 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
         PyMem_Free(points); PyMem_Free(prefix); PyMem_Free(digests); PyMem_Free(state);
         return PyErr_NoMemory();
     }
-    unsigned char msg[MAX_TAG + 32], buf[64 + MAX_TAG + 32], hash[64], h[32];
+    unsigned char msg[MAX_TAG + 32];
     memcpy(msg, PyBytes_AS_STRING(tag), (size_t)tag_len);
-    memcpy(buf + 32, pk, 32);
     size_t mlen = (size_t)tag_len + 32;
     slot *key = prepared(pk, n);
     Py_ssize_t last = -1; /* the last item whose point is in the running product */
@@ -657,15 +664,8 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
             return NULL;
         }
         state[i] = 2;
-        if (key == NULL || !key->usable || !canonical_scalar(sg + 32) ||
-            memcmp(sg, IDENTITY, 32) == 0)
-            continue;
         memcpy(msg + tag_len, digests + 32 * i, 32);
-        memcpy(buf, sg, 32);
-        memcpy(buf + 64, msg, mlen);
-        p_sha512(hash, buf, 64 + mlen);
-        p_reduce(h, hash);
-        double_scalarmult(&points[i], sg + 32, h, &key->table);
+        if (!fast_point(key, sg, msg, mlen, pk, &points[i])) continue;
         if (last < 0) fe_copy(prefix[i], points[i].Z);
         else fe_mul(prefix[i], prefix[last], points[i].Z);
         last = i;
@@ -716,8 +716,10 @@ static PyObject *verify_many(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* verify_message(public_key, message, signature) -> bool: the plain check (tests) */
-static PyObject *verify_message(PyObject *self, PyObject *args) {
+/* check_message(args, fast_alone): (public_key, message, signature) judged with the key
+   prepared at once; fast_alone: this file's answer without libsodium's look at a refusal, and
+   whether the key is prepared (a tuple); else the verdict (a bool) */
+static PyObject *check_message(PyObject *args, int fast_alone) {
     Py_buffer pk, m, sig;
     if (!bound()) return NULL;
     if (!PyArg_ParseTuple(args, "y*y*y*", &pk, &m, &sig)) return NULL;
@@ -726,7 +728,13 @@ static PyObject *verify_message(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "32-byte key, 64-byte signature, message <= 96 bytes");
     } else {
         slot *key = prepared(pk.buf, ADMIT);
-        result = PyBool_FromLong(verify_one(key, sig.buf, m.buf, (size_t)m.len, pk.buf));
+        if (fast_alone) {
+            int ok = fast_accepts(key, sig.buf, m.buf, (size_t)m.len, pk.buf);
+            result = Py_BuildValue("(OO)", ok ? Py_True : Py_False,
+                                   key != NULL && key->usable ? Py_True : Py_False);
+        } else {
+            result = PyBool_FromLong(verify_one(key, sig.buf, m.buf, (size_t)m.len, pk.buf));
+        }
     }
     PyBuffer_Release(&pk);
     PyBuffer_Release(&m);
@@ -734,39 +742,15 @@ static PyObject *verify_message(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* fast_only(public_key, message, signature) -> bool: this file's answer alone, without the
-   libsodium check of a refusal (tests compare it with libsodium on every input) */
+/* verify_message(public_key, message, signature) -> bool: the plain check (tests) */
+static PyObject *verify_message(PyObject *self, PyObject *args) {
+    return check_message(args, 0);
+}
+
+/* fast_only(public_key, message, signature) -> (valid, key prepared): this file's answer
+   alone, without the libsodium check of a refusal (tests compare it with libsodium) */
 static PyObject *fast_only(PyObject *self, PyObject *args) {
-    Py_buffer pk, m, sig;
-    if (!bound()) return NULL;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &pk, &m, &sig)) return NULL;
-    PyObject *result = NULL;
-    if (pk.len != 32 || sig.len != 64 || m.len > MAX_TAG + 32) {
-        PyErr_SetString(PyExc_ValueError, "32-byte key, 64-byte signature, message <= 96 bytes");
-    } else {
-        const unsigned char *s = sig.buf;
-        slot *key = prepared(pk.buf, ADMIT);
-        int ok = 0;
-        if (key != NULL && key->usable && canonical_scalar(s + 32) &&
-            memcmp(s, IDENTITY, 32) != 0) {
-            unsigned char buf[64 + MAX_TAG + 32], hash[64], h[32], check[32];
-            ge r;
-            memcpy(buf, s, 32);
-            memcpy(buf + 32, pk.buf, 32);
-            memcpy(buf + 64, m.buf, (size_t)m.len);
-            p_sha512(hash, buf, 64 + (unsigned long long)m.len);
-            p_reduce(h, hash);
-            double_scalarmult(&r, s + 32, h, &key->table);
-            ge_tobytes(check, &r);
-            ok = memcmp(check, s, 32) == 0;
-        }
-        result = Py_BuildValue("(OO)", ok ? Py_True : Py_False,
-                               key != NULL && key->usable ? Py_True : Py_False);
-    }
-    PyBuffer_Release(&pk);
-    PyBuffer_Release(&m);
-    PyBuffer_Release(&sig);
-    return result;
+    return check_message(args, 1);
 }
 
 static PyObject *forget_keys(PyObject *self, PyObject *unused) {
@@ -801,6 +785,6 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_edverify",
                                     "Ed25519 verification with per-key tables (see source)", -1,
-                                    methods};
+                                    methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__edverify(void) { return PyModule_Create(&module); }

@@ -250,12 +250,7 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 
     Raises ``TypeError`` if a leaf is not bytes-like.
     """
-    if len(leaves) == 0:
-        return _EMPTY_ROOT
-    level = _leaf_level(leaves)
-    while len(level) > 1:
-        level = _parent_level(level)
-    return level[0]
+    return merkle_root_of_leaf_hashes(_leaf_level(leaves))
 
 
 def merkle_root_of_leaf_hashes(hashes: Sequence[bytes]) -> bytes:

@@ -333,8 +333,8 @@ class ValidatorRunner:
 
     def step(self) -> float | None:
         """Do the next thing the node needs: a tick that is due at the node's time, else the
-        oldest peer's message, else the oldest other message. Returns None when it did something, else how long to wait (s) at most
-        before the next tick. Never raises."""
+        oldest peer's message, else the oldest other message. Returns None when it did
+        something, else how long to wait (s) at most before the next tick. Never raises."""
         self._pump()
         now = self.clock()
         t = self.node_time(now)
