@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from senken_core import canonical
+from senken_core import evidence as evidence_module
 from senken_core.attestation import Attestation, senken_domain
 from senken_core.eip712 import Domain
 from senken_core.errors import PayloadError
@@ -234,6 +235,22 @@ def test_each_tampering_is_refused_with_its_reason(name: str) -> None:
     good = window(FIRST)
     assert check(good)
     assert reason(tamper(good)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERINGS))
+def test_without_the_native_check_the_same_refusals_and_messages(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The readings' signatures are checked in one native call where the extension is built;
+    without it (a machine with no compiler) one by one: the same verdicts, word for word."""
+    tamper, _ = TAMPERINGS[name]
+    good, bad = window(FIRST), tamper(window(FIRST))
+    with pytest.raises(EvidenceError) as native:
+        check(bad)
+    monkeypatch.setattr(evidence_module, "native_verify_many", lambda: None)
+    assert check(good)
+    with pytest.raises(EvidenceError) as plain:
+        check(bad)
+    assert (plain.value.reason, str(plain.value)) == (native.value.reason, str(native.value))
 
 
 def test_a_certificate_holds_only_in_its_own_domain() -> None:
