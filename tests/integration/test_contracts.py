@@ -19,7 +19,7 @@ from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from web3 import EthereumTesterProvider, Web3
+from web3 import Web3
 from web3.logs import DISCARD
 
 from senken_core.attestation import (
@@ -31,8 +31,9 @@ from senken_core.attestation import (
 from senken_core.credit_contracts import UNIT_MG, batch_token_id, load_artifact
 from senken_core.eip712 import Domain
 from senken_core.secp256k1 import ValidatorKey, recover_address
-from tests.support.anvil import running_anvil
 from tests.support.chain import (
+    BACKENDS,
+    TOKEN_SUPPLY,
     Chain,
     Deployment,
     ProjectSpec,
@@ -40,20 +41,19 @@ from tests.support.chain import (
     calldata,
     deploy_all_with_receipts,
     deploy_contract,
+    fresh_chain,
     pass_proposal,
     proposal_state,
     reverts,
     send,
 )
 
-BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
 SOLAR = ProjectSpec("solar-farm-1", owner="", window_seconds=900, grid_ef_g_per_kwh=400)
 WIND = ProjectSpec("wind-park-2", owner="", window_seconds=3600, grid_ef_g_per_kwh=437)
 METHODOLOGY = "CDM AMS-I.D"
 T2024 = 1_704_067_200  # 2024-01-01T00:00:00Z
 HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 ORDER = 2 * HALF_ORDER + 1
-SUPPLY = 10**9 * 10**18
 MINT_GAS = 1_000_000  # explicit gas skips eth-tester's slow binary-search estimate
 
 
@@ -95,11 +95,7 @@ class Net:
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Net]:
     with ExitStack() as stack:
-        if request.param == "anvil":
-            url = stack.enter_context(running_anvil(tmp_path_factory.mktemp("anvil")))
-            w3 = Web3(Web3.HTTPProvider(url))
-        else:
-            w3 = Web3(EthereumTesterProvider())
+        _url, w3 = fresh_chain(request.param, stack, tmp_path_factory.mktemp("anvil"))
         accounts = list(w3.eth.accounts)
         deployer, owner, small_voter, anyone = accounts[0], accounts[1], accounts[2], accounts[3]
         keys = [validator_key(i) for i in range(6)]
@@ -107,7 +103,7 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             w3, deployer, [k.address for k in keys[:4]], 3,
             projects=[replace(SOLAR, owner=owner), replace(WIND, owner=owner)])
         # the deployer keeps 99% of the votes, small_voter 1% (below the 4% quorum)
-        send(d.token.functions.transfer(small_voter, SUPPLY // 100), deployer)
+        send(d.token.functions.transfer(small_voter, TOKEN_SUPPLY // 100), deployer)
         send(d.token.functions.delegate(deployer), deployer)
         send(d.token.functions.delegate(small_voter), small_voter)
         chain = Chain(w3, request.param)
@@ -469,7 +465,7 @@ def test_proposal_without_quorum_is_defeated(env: Net) -> None:
     ], "k = 4 with 1% of the votes", [(env.small_voter, 1)])
     assert state == "Defeated"
     assert d.governor.functions.quorum(d.governor.functions.proposalSnapshot(proposal_id)
-                                       .call()).call() == SUPPLY * 4 // 100
+                                       .call()).call() == TOKEN_SUPPLY * 4 // 100
     assert d.validator_set.functions.threshold().call() == 3
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from eth_utils.address import to_checksum_address
-from web3 import EthereumTesterProvider, Web3
+from web3 import Web3
 
 from ledger.chain_app import ChainServices, open_chain
 from ledger.chain_node import ChainNode, ContractReverted
@@ -38,25 +38,23 @@ from senken_core.evidence import CertifiedWindow, window_attestation
 from senken_core.membership import first_window
 from senken_core.quorum import QuorumCertificate
 from senken_core.secp256k1 import ValidatorKey
-from tests.support.anvil import running_anvil
 from tests.support.chain import (
+    BACKENDS,
+    FAST_GOVERNANCE,
     Chain,
     Deployment,
-    GovernanceSettings,
     ProjectSpec,
     calldata,
     deploy_all_with_receipts,
+    fresh_chain,
     pass_proposal,
     send,
 )
 from tests.support.postgres import fresh_database
 from tests.unit.test_ledger_support import EF, MODEL, PROJECT, World
 
-BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
 WINDOW_S = 60
 DELAY_S = 600  # the activation delay, as the validators' default
-GOVERNANCE = GovernanceSettings(voting_delay=1, voting_period=3, timelock_delay=1)
-SUPPLY = 10**9 * 10**18
 PER_WINDOW = 6  # readings: 5 increments of 100 Wh = 500 Wh, 350 g at 700 g/kWh
 
 
@@ -123,16 +121,12 @@ class Net:
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Net]:
     with ExitStack() as stack:
-        if request.param == "anvil":
-            url = stack.enter_context(running_anvil(tmp_path_factory.mktemp("anvil")))
-            w3 = Web3(Web3.HTTPProvider(url))
-        else:
-            url, w3 = "eth-tester", Web3(EthereumTesterProvider())
+        url, w3 = fresh_chain(request.param, stack, tmp_path_factory.mktemp("anvil"))
         accounts = list(w3.eth.accounts)
         deployer, owner = accounts[0], accounts[1]
         founders = World().validators
         d = deploy_all_with_receipts(
-            w3, deployer, [k.address for k in founders], 3, settings=GOVERNANCE,
+            w3, deployer, [k.address for k in founders], 3, settings=FAST_GOVERNANCE,
             projects=[ProjectSpec(PROJECT, owner=owner, window_seconds=WINDOW_S,
                                   grid_ef_g_per_kwh=EF)])
         send(d.token.functions.delegate(deployer), deployer)

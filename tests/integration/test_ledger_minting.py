@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from web3 import EthereumTesterProvider, Web3
+from web3 import Web3
 
 from ledger.api import create_api
 from ledger.chain_app import open_chain
@@ -42,11 +42,11 @@ from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.evidence import CertifiedWindow
 from senken_core.secp256k1 import ValidatorKey
 from tests.support.anvil import cast_call, running_anvil
+from tests.support.chain import BACKENDS, fresh_chain
 from tests.support.postgres import fresh_database
 from tests.support.waiting import wait_until
 from tests.unit.test_ledger_support import EF, HOUR, PROJECT, World
 
-BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
 TEST_GOVERNANCE = GovernanceSettings(voting_delay_s=60, voting_period_s=3600,
                                      timelock_delay_s=600)
 VINTAGE = 2026  # T0 (tests/unit/test_ledger_support.py) is in November 2026
@@ -112,12 +112,9 @@ def _fund(w3: Web3, address: str) -> None:
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Net]:
     with ExitStack() as stack:
-        if request.param == "anvil":
-            url = stack.enter_context(running_anvil(tmp_path_factory.mktemp("anvil")))
-            node = ChainNode.connect(url)
-        else:
-            url = "eth-tester"
-            node = ChainNode.connect(url, w3=Web3(EthereumTesterProvider()))
+        url, w3 = fresh_chain(request.param, stack, tmp_path_factory.mktemp("anvil"))
+        node = ChainNode.connect(url) if request.param == "anvil" else ChainNode.connect(
+            url, w3=w3)
         keys = [secrets.token_bytes(32) for _ in range(3)]
         deployer, owner, minter = (TxSender(node, k).address for k in keys)
         for address in (deployer, owner, minter):

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from eth_utils.address import to_checksum_address
-from web3 import EthereumTesterProvider, Web3
+from web3 import Web3
 
 from senken_core.evidence import CertifiedWindow
 from senken_core.membership import MethodologyTerm, Schedule, first_window
@@ -39,12 +39,15 @@ from senken_core.secp256k1 import ValidatorKey, recover_address
 from senken_core.topics import device_topic, registry_topic
 from tests.support.anvil import running_anvil
 from tests.support.chain import (
+    BACKENDS,
+    FAST_GOVERNANCE,
+    TOKEN_SUPPLY,
     Chain,
     Deployment,
-    GovernanceSettings,
     ProjectSpec,
     calldata,
     deploy_all_with_receipts,
+    fresh_chain,
     pass_proposal,
     send,
 )
@@ -54,10 +57,7 @@ from tests.support.waiting import wait_until
 from validator.chain import ChainError, ChainWatcher
 from validator.node import ValidatorNode
 
-BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
-SUPPLY = 10**9 * 10**18
 DELAY_S = 30  # activation delay of the watcher in the chain tests
-GOVERNANCE = GovernanceSettings(voting_delay=1, voting_period=3, timelock_delay=1)
 BROKER = 1883
 
 
@@ -114,10 +114,10 @@ def deploy(w3: Web3, kind: str, window_seconds: int) -> Net:
     accounts = list(w3.eth.accounts)
     deployer, small_voter = accounts[0], accounts[2]
     d = deploy_all_with_receipts(
-        w3, deployer, ADDR[:4], 3, settings=GOVERNANCE,
+        w3, deployer, ADDR[:4], 3, settings=FAST_GOVERNANCE,
         projects=[ProjectSpec(PROJECT, owner=accounts[1], window_seconds=window_seconds,
                               grid_ef_g_per_kwh=691)])
-    send(d.token.functions.transfer(small_voter, SUPPLY // 100), deployer)
+    send(d.token.functions.transfer(small_voter, TOKEN_SUPPLY // 100), deployer)
     send(d.token.functions.delegate(deployer), deployer)
     send(d.token.functions.delegate(small_voter), small_voter)
     chain = Chain(w3, kind)
@@ -129,11 +129,7 @@ def deploy(w3: Web3, kind: str, window_seconds: int) -> Net:
 def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Net]:
     with ExitStack() as stack:
-        if request.param == "anvil":
-            url = stack.enter_context(running_anvil(tmp_path_factory.mktemp("anvil")))
-            w3 = Web3(Web3.HTTPProvider(url))
-        else:
-            w3 = Web3(EthereumTesterProvider())
+        _url, w3 = fresh_chain(request.param, stack, tmp_path_factory.mktemp("anvil"))
         yield deploy(w3, request.param, window_seconds=10)
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from eth_abi.abi import decode as abi_decode
 from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
-from web3 import Web3
+from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
@@ -31,9 +33,22 @@ except ImportError:  # pragma: no cover
 
 from senken_core.attestation import Attestation
 from senken_core.credit_contracts import error_signatures, load_artifact
+from tests.support.anvil import running_anvil
 
 ZERO_ADDRESS = "0x" + "00" * 20
 _ERRORS = error_signatures()
+# the chain tests run on both: eth-tester in process, and a real anvil (marked integration)
+BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
+TOKEN_SUPPLY = 10**9 * 10**18  # the governance token's supply (18 decimals)
+
+
+def fresh_chain(kind: str, stack: ExitStack, folder: Path) -> tuple[str, Web3]:
+    """(url, web3) of a new chain of ``kind`` (see BACKENDS): anvil started in ``folder`` and
+    stopped with ``stack``, or eth-tester in this process (url "eth-tester")."""
+    if kind == "anvil":
+        url = stack.enter_context(running_anvil(folder))
+        return url, Web3(Web3.HTTPProvider(url))
+    return "eth-tester", Web3(EthereumTesterProvider())
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,10 @@ class GovernanceSettings:
     proposal_threshold: int = 0
     quorum_percent: int = 4
     timelock_delay: int = 600
+
+
+# votes and the timelock in seconds and blocks, for tests that run whole proposals
+FAST_GOVERNANCE = GovernanceSettings(voting_delay=1, voting_period=3, timelock_delay=1)
 
 
 @dataclass(frozen=True, slots=True)
