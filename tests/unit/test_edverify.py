@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 
 import nacl.bindings
 import nacl.exceptions
@@ -311,3 +312,35 @@ def test_a_key_is_prepared_once_it_has_been_used_enough() -> None:
     assert _edverify.verify_many(READING_TAG, bytes(other.verify_key), bodies, signatures) == [
         hashlib.sha256(b).digest() for b in bodies]  # a batch of 40 prepares it at once
     assert _edverify.key_counts()[0] == prepared_before + 2
+
+
+def test_without_this_extension_the_plain_libsodium_binding_gives_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where _edverify was not built (the two extensions are optional, each on its own),
+    readings are checked one by one through _batchsign's libsodium call: same results."""
+    import senken_core
+    from senken_core import _batchsign, keys
+
+    key = nacl.signing.SigningKey(b"\x15" * 32)
+    public = bytes(key.verify_key)
+    bodies = [b"a", b"b", b"c"]
+    signatures: list[bytes] = _reading_batch(key, bodies)
+    signatures[1] = signatures[0]  # b's signature is a's
+    expected = _edverify.verify_many(READING_TAG, public, bodies, signatures)
+    monkeypatch.setitem(sys.modules, "senken_core._edverify", None)  # import fails
+    monkeypatch.delattr(senken_core, "_edverify")
+    keys.native_verify_detached.cache_clear()
+    keys.native_verify_many.cache_clear()
+    try:
+        single, many = keys.native_verify_detached(), keys.native_verify_many()
+        assert single is _batchsign.verify_detached and many is not None
+        assert many(READING_TAG, public, bodies, signatures) == expected
+        assert [single(READING_TAG, public, b, s) for b, s in zip(bodies, signatures,
+                                                                   strict=True)] == expected
+        with pytest.raises(ValueError):
+            many(READING_TAG, public, bodies, signatures[:2])
+    finally:
+        monkeypatch.undo()
+        keys.native_verify_detached.cache_clear()
+        keys.native_verify_many.cache_clear()
+    assert keys.native_verify_detached() is _edverify.verify_detached
