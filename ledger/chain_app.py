@@ -9,8 +9,8 @@ nothing runs at import).
                              └──────────────────────────▶ ChainMirror ──▶ credit tables ──▶ API
 
 The follower reads the validator sets and methodology terms exactly as the validators do
-(:class:`senken_core.chain_schedule.ChainWatcher`, with ``[chain] activation_delay_s``, which
-must be theirs) every ``poll_interval_s``, at the block ``confirmations`` deep, and hands the
+(:class:`senken_core.chain_schedule.ChainWatcher`, with the network file's activation delay,
+or ``[chain] activation_delay_s`` where the file has none: one value for all) every ``poll_interval_s``, at the block ``confirmations`` deep, and hands the
 schedule and that block's timestamp to the ledger: certificates are checked against the set
 and term of their window once that is final (``ledger.service``).
 
@@ -119,7 +119,8 @@ class ScheduleFollower:
     def of(cls, config: ChainConfig, network: NetworkConfig, node: ChainNode,
            addresses: Addresses, sink: ScheduleSink) -> ScheduleFollower:
         """A follower of the deployment at ``addresses`` (from its deployment block on)."""
-        watcher = _Watcher(node.w3, network, activation_delay_s=config.activation_delay_s,
+        watcher = _Watcher(node.w3, network,
+                           activation_delay_s=activation_delay(config, network),
                            validator_set=addresses.validator_set,
                            project_registry=addresses.registry,
                            # [chain] confirmations counts the block itself, as for receipts
@@ -256,6 +257,16 @@ def _check_addresses(network: NetworkConfig, addresses: Addresses, config: Chain
         raise ConfigError("[chain]", problems)
 
 
+def activation_delay(config: ChainConfig, network: NetworkConfig) -> int:
+    """The activation delay the ledger uses (NetworkConfig.activation_delay); raises
+    ConfigError when [chain] and the network file disagree."""
+    try:
+        return network.activation_delay(config.activation_delay_s,
+                                        "[chain] of the ledger's config")
+    except ValueError as exc:
+        raise ConfigError("[chain]", [str(exc)]) from None
+
+
 def open_chain(config: ChainConfig, network: NetworkConfig, store: LedgerStore, *,
                w3: Web3 | None = None, addresses: Addresses | None = None,
                hooks: MintHooks | None = None,
@@ -268,6 +279,7 @@ def open_chain(config: ChainConfig, network: NetworkConfig, store: LedgerStore, 
     installed)."""
     if config.url is None:
         raise ConfigError("[chain]", ["url: not set, so there is no chain to mint on"])
+    activation_delay(config, network)  # before connecting: a mismatch is a config error
     node = ChainNode.connect(config.url, w3=w3, timeout_s=config.request_timeout_s)
     if addresses is None:
         if config.addresses_file is None:

@@ -23,7 +23,7 @@ Example (``senken ledger init`` writes one)::
     url = "http://127.0.0.1:8545"       # or "eth-tester": a chain inside this process
     minter_key_file = "/etc/senken/minter.key"
     addresses_file = "/etc/senken/addresses.json"    # senken chain deploy --out
-    activation_delay_s = 600            # must equal every validator's [chain] activation_delay_s
+    activation_delay_s = 600            # optional: the network file's by default
 
 Environment: ``SENKEN_LEDGER_MQTT__HOST=...`` overrides ``[mqtt] host``;
 ``SENKEN_LEDGER_CONFIG`` names the file.
@@ -130,11 +130,11 @@ class ChainConfig:
     reorg_depth: int = setting(12, ge=0, le=10_000, doc="blocks the event mirror re-reads")
     mirror: bool = setting(True, doc="mirror the contracts' events into the database")
     request_timeout_s: float = setting(10.0, gt=0, le=600)
-    activation_delay_s: int = setting(
-        600, ge=0, le=30 * 86400,
+    activation_delay_s: int | None = setting(
+        None, ge=0, le=30 * 86400,
         doc="a validator-set change applies to windows starting this long after its block, or "
-            "later (docs/protocol.md, section 8); must equal every validator's [chain] "
-            "activation_delay_s, or the ledger judges certificates against other sets")
+            "later (docs/protocol.md, section 8); default: the network file's, else 600; if "
+            "both are set they must be equal (one value at every validator and the ledger)")
 
 
 @dataclass(frozen=True, slots=True)

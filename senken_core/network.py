@@ -8,6 +8,7 @@ Every validator and the ledger load the same file; what it holds is what governa
     credit_contract = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
     threshold = 3
     validators = ["0x...", "0x...", "0x...", "0x..."]
+    activation_delay_s = 600  # optional: see NetworkConfig.activation_delay
 
     [[projects]]
     id = "pv-plant-7"
@@ -36,7 +37,10 @@ from senken_core.quorum import ValidatorSet
 from senken_core.reading import DEVICE_ID_PATTERN
 from senken_core.topics import DEFAULT_PREFIX
 
-__all__ = ["NetworkConfig", "ProjectConfig", "load_network_config", "parse_address"]
+__all__ = ["DEFAULT_ACTIVATION_DELAY_S", "NetworkConfig", "ProjectConfig", "load_network_config",
+           "parse_address"]
+
+DEFAULT_ACTIVATION_DELAY_S = 600
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -109,6 +113,10 @@ class NetworkConfig:
     credit_contract: str = setting("0x" + "00" * 20, check=_address)
     topic_prefix: str = DEFAULT_PREFIX
     projects: tuple[ProjectConfig, ...] = ()
+    activation_delay_s: int | None = setting(
+        None, ge=0, le=30 * 86400,
+        doc="a validator-set change applies to windows starting this long after its block, or "
+            "later (docs/protocol.md, section 8): one value for every validator and the ledger")
 
     def __post_init__(self) -> None:
         if self.threshold > len(self.validators):
@@ -122,6 +130,20 @@ class NetworkConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> NetworkConfig:
         """Build from plain data; raises ConfigError listing every bad field."""
         return build(cls, data, source)
+
+    def activation_delay(self, local: int | None, where: str) -> int:
+        """The activation delay a node uses: this file's, or ``local`` (its own config's,
+        None where unset) where this file has none, else :data:`DEFAULT_ACTIVATION_DELAY_S`.
+        Raises ValueError, naming ``where``, when both are set and differ: nodes that apply a
+        set change to different windows judge certificates against different sets."""
+        if self.activation_delay_s is None:
+            return DEFAULT_ACTIVATION_DELAY_S if local is None else local
+        if local is not None and local != self.activation_delay_s:
+            raise ValueError(
+                f"activation_delay_s is {local} in {where} but {self.activation_delay_s} in the "
+                "network file: every validator and the ledger must use one value; remove it "
+                f"from {where} (the network file's is used) or make them equal")
+        return self.activation_delay_s
 
     def validator_set(self) -> ValidatorSet:
         return ValidatorSet.of((parse_address(a) for a in self.validators), self.threshold)

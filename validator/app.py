@@ -681,8 +681,17 @@ def _chain_watcher(cfg: ValidatorConfig, network: NetworkConfig) -> ScheduleSour
     except ImportError as exc:
         raise StartupError(f"[chain] needs web3 ({exc}); install it with "
                            "pip install 'senken[chain]', or remove [chain]") from None
+    try:
+        delay = network.activation_delay(c.activation_delay_s,
+                                         "[chain] of the validator's config")
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if delay < c.poll_s:
+        raise StartupError(f"activation_delay_s ({delay}) is below [chain] "
+                           f"poll_s ({c.poll_s}): a change could apply to windows before this "
+                           "validator reads it")
     return ChainWatcher.connect(c.url, network, timeout_s=c.timeout_s,
-                                activation_delay_s=c.activation_delay_s,
+                                activation_delay_s=delay,
                                 validator_set=c.validator_set,
                                 project_registry=c.project_registry,
                                 confirmations=c.confirmations, from_block=c.from_block)

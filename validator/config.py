@@ -24,7 +24,7 @@ Example (``senken validator init`` writes one)::
     [chain]                                        # optional: the set and terms from the chain
     url = "http://127.0.0.1:8545"                  # JSON-RPC of a node of the network's chain
     poll_s = 15.0
-    activation_delay_s = 600                       # the same at every validator and the ledger
+    activation_delay_s = 600                       # optional: the network file's by default
 
 Without ``[chain]`` the validator set and the methodology terms are the network file's, for
 every window. With it they come from the contracts (docs/protocol.md, section 8); the
@@ -148,10 +148,11 @@ class ChainConfig:
     project_registry: str | None = setting(
         None, check=_address, doc="ProjectRegistry address; default: the credit contract's")
     poll_s: float = setting(15.0, gt=0, le=3600, doc="how often the chain is read")
-    activation_delay_s: int = setting(
-        600, ge=0, le=30 * 86400,
+    activation_delay_s: int | None = setting(
+        None, ge=0, le=30 * 86400,
         doc="a set change applies to windows starting this long after its block, or later; "
-            "must be the same at every validator and the ledger, and above poll_s")
+            "default: the network file's, else 600; if both are set they must be equal (one "
+            "value at every validator and the ledger); above poll_s")
     confirmations: int = setting(0, ge=0, le=10_000,
                                  doc="read the chain this many blocks below its head")
     from_block: int = setting(0, ge=0, doc="where to look for ValidatorSetChanged events "
@@ -159,7 +160,7 @@ class ChainConfig:
     timeout_s: float = setting(10.0, gt=0, le=300, doc="per JSON-RPC request")
 
     def __post_init__(self) -> None:
-        if self.activation_delay_s < self.poll_s:
+        if self.activation_delay_s is not None and self.activation_delay_s < self.poll_s:
             raise ValueError(f"activation_delay_s ({self.activation_delay_s}) is below poll_s "
                              f"({self.poll_s}): a change could apply to windows before this "
                              "validator reads it")

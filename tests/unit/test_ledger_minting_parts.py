@@ -143,6 +143,22 @@ def test_the_chain_section_is_checked() -> None:
     assert "chain.colour: unknown setting" in problems
 
 
+def test_the_ledger_uses_the_network_files_activation_delay_and_refuses_another() -> None:
+    from dataclasses import replace
+
+    from ledger.chain_app import activation_delay, open_chain
+    from ledger.config import ChainConfig
+
+    network = World().network
+    mine = ChainConfig(url="http://127.0.0.1:1", activation_delay_s=60)
+    assert activation_delay(ChainConfig(url="x"), network) == 600  # neither: the default
+    assert activation_delay(mine, network) == 60  # its own where the file has none
+    assert activation_delay(ChainConfig(url="x"), replace(network, activation_delay_s=45)) == 45
+    with pytest.raises(ConfigError, match="60 in \\[chain\\] of the ledger's config but 45"):
+        # refused before any connection is made (nothing listens on port 1)
+        open_chain(mine, replace(network, activation_delay_s=45), None)  # type: ignore[arg-type]
+
+
 def test_addresses_round_trip_and_must_match_the_network_file(tmp_path: Path) -> None:
     a = Addresses(31337, *(["0x" + f"{i:040x}" for i in range(1, 7)]), deployed_block=3)
     path = tmp_path / "addresses.json"

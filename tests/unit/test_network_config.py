@@ -96,6 +96,16 @@ def test_defaults() -> None:
     assert cfg.owners() == {}
 
 
+def test_the_activation_delay_is_optional_and_bounded() -> None:
+    cfg = NetworkConfig.from_dict({"validators": ADDRESSES[:1], "threshold": 1})
+    assert cfg.activation_delay_s is None and cfg.activation_delay(None, "x") == 600
+    cfg = NetworkConfig.from_dict(with_changes(activation_delay_s=45))
+    assert cfg.activation_delay(None, "x") == cfg.activation_delay(45, "x") == 45
+    with pytest.raises(ValueError, match="30 in the node's config but 45 in the network file"):
+        cfg.activation_delay(30, "the node's config")
+    assert any("activation_delay_s" in p for p in problems_of(with_changes(activation_delay_s=-1)))
+
+
 def test_checksummed_addresses_are_accepted() -> None:
     mixed = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
     cfg = NetworkConfig.from_dict(with_changes(credit_contract=mixed))

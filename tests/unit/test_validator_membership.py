@@ -382,6 +382,33 @@ def test_chain_settings() -> None:
             "url": "http://x", "poll_s": 30, "activation_delay_s": 10}})
 
 
+def test_the_activation_delay_is_the_network_files_and_a_different_one_is_refused() -> None:
+    """One value at every validator and the ledger: the network file's wins, a validator
+    whose own config says otherwise does not start."""
+    from dataclasses import replace
+
+    from validator.app import StartupError, _chain_watcher
+    from validator.config import ValidatorConfig
+
+    base = network([ValidatorKey(bytes([60 + i]) * 32) for i in range(4)], 3)
+    with_delay = replace(base, activation_delay_s=45)
+
+    def watcher_delay(net: object, chain: dict[str, object]) -> int:
+        cfg = ValidatorConfig.from_dict({"network_file": "n.toml", "chain": {
+            "url": "http://127.0.0.1:1", "poll_s": 2, **chain}})
+        watcher = _chain_watcher(cfg, net)  # type: ignore[arg-type]
+        return watcher.activation_delay_s  # type: ignore[union-attr,attr-defined]
+
+    assert watcher_delay(base, {}) == 600  # neither: the default
+    assert watcher_delay(base, {"activation_delay_s": 60}) == 60  # its own, the file has none
+    assert watcher_delay(with_delay, {}) == 45  # the file's
+    assert watcher_delay(with_delay, {"activation_delay_s": 45}) == 45  # both, equal
+    with pytest.raises(StartupError, match="45 in the network file"):
+        watcher_delay(with_delay, {"activation_delay_s": 60})
+    with pytest.raises(StartupError, match="below"):
+        watcher_delay(replace(base, activation_delay_s=1), {})  # under poll_s
+
+
 def test_the_runner_feeds_the_watchers_schedules_and_survives_a_failing_chain() -> None:
     import asyncio
 
