@@ -145,10 +145,14 @@ def network_group() -> None:
 @click.option("--topic-prefix", default="senken/v1", show_default=True)
 @click.option("--allow-unsafe-threshold", is_flag=True,
               help="accept k below floor(2n/3) + 1 (a test network)")
+@click.option("--activation-delay-s", type=click.IntRange(0, 30 * 86400), default=None,
+              help="a validator-set change applies to windows starting this long after its "
+                   "block: one value for every validator and the ledger [default: not in the "
+                   "file; each node's [chain] value, 600 unless set]")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def init_cmd(out: Path, validators: tuple[str, ...], threshold: int | None, chain_id: int,
              credit_contract: str, topic_prefix: str, allow_unsafe_threshold: bool,
-             force: bool) -> None:
+             activation_delay_s: int | None, force: bool) -> None:
     """Write the network file OUT with its validator set and threshold (no projects yet)."""
     members = [_address(v) for v in validators]
     if len(set(members)) != len(members):
@@ -170,6 +174,8 @@ def init_cmd(out: Path, validators: tuple[str, ...], threshold: int | None, chai
     data: dict[str, Any] = {"topic_prefix": topic_prefix, "chain_id": chain_id,
                             "credit_contract": _address(credit_contract), "threshold": k,
                             "validators": members}
+    if activation_delay_s is not None:
+        data["activation_delay_s"] = activation_delay_s
     _write_checked(out, data)
     click.echo(f"network file:  {out}")
     click.echo(f"validators:    {n}, threshold {k} (tolerates {tolerated_faults(n, k)} "
@@ -272,6 +278,10 @@ def show_cmd(path: Path) -> None:
                + ("" if net.threshold >= safe else f" (UNSAFE: below {safe})"))
     for address in net.validators:
         click.echo(f"validator:     {address}")
+    click.echo("activation:    " + (
+        f"set changes apply to windows from {net.activation_delay_s} s after their block"
+        if net.activation_delay_s is not None else
+        "not set here: each node's [chain] activation_delay_s (600 unless set)"))
     for p in net.projects:
         click.echo(f"project:       {p.id}: {p.methodology} v{p.methodology_version}, "
                    f"{p.window_seconds} s windows, {p.grid_ef_g_per_kwh} g/kWh, "

@@ -49,6 +49,20 @@ def test_init_writes_a_file_the_services_load(tmp_path: Path) -> None:
     assert cfg.validator_set().threshold == 3
 
 
+def test_init_can_set_the_activation_delay_for_every_node(tmp_path: Path) -> None:
+    out = tmp_path / "network.toml"
+    assert init(out).exit_code == 0
+    assert load_network_config(out).activation_delay_s is None
+    assert "not set here" in net("show", str(out)).output
+    assert init(out, 4, "--activation-delay-s", "900", "--force").exit_code == 0
+    assert load_network_config(out).activation_delay_s == 900
+    assert "from 900 s after their block" in net("show", str(out)).output
+    assert net("add-project", str(out), "--id", "farm-2", "--owner-key", "ab" * 32,
+               "--grid-ef", "700").exit_code == 0
+    assert load_network_config(out).activation_delay_s == 900  # kept by add-project
+    assert init(out, 4, "--activation-delay-s", "-1", "--force").exit_code == 2
+
+
 def test_init_defaults_to_the_safe_threshold(tmp_path: Path) -> None:
     for n, k in ((1, 1), (3, 3), (4, 3), (7, 5)):
         out = tmp_path / f"n{n}.toml"
