@@ -10,9 +10,10 @@ nothing runs at import).
 
 The follower reads the validator sets and methodology terms exactly as the validators do
 (:class:`senken_core.chain_schedule.ChainWatcher`, with the network file's activation delay,
-or ``[chain] activation_delay_s`` where the file has none: one value for all) every ``poll_interval_s``, at the block ``confirmations`` deep, and hands the
-schedule and that block's timestamp to the ledger: certificates are checked against the set
-and term of their window once that is final (``ledger.service``).
+or ``[chain] activation_delay_s`` where the file has none: one value for all) every
+``poll_interval_s``, at the block ``confirmations`` deep, and hands the schedule and that
+block's timestamp to the ledger: certificates are checked against the set and term of their
+window once that is final (``ledger.service``).
 
 Checked when built, without the node: the addresses file is for the network file's chain and
 credit contract (else validators sign for a domain the contract does not verify: every mint
