@@ -532,31 +532,30 @@ class ChainNode:
 
     def call_many(self, txs: Sequence[dict[str, Any]]) -> list[bytes | ContractReverted]:
         """:meth:`call` of each on the latest block (a revert in its place, not raised)."""
-        if self._url is None:
-            out: list[bytes | ContractReverted] = []
-            for tx in txs:
-                try:
-                    out.append(self.call(tx))
-                except ContractReverted as exc:
-                    out.append(exc)
-            return out
-        results = self._chunks("eth_call", [[_json_tx(tx), "latest"] for tx in txs])
-        return [self._reverted_answer("eth_call", r) if isinstance(r, _RpcFailure)
-                else _bytes(r) for r in results]
+        return self._many("eth_call", txs, self.call, lambda tx: [_json_tx(tx), "latest"],
+                          _bytes)
 
     def estimate_gas_many(self, txs: Sequence[dict[str, Any]]) -> list[int | ContractReverted]:
         """:meth:`estimate_gas` of each (a revert is returned in its place, not raised)."""
+        return self._many("eth_estimateGas", txs, self.estimate_gas,
+                          lambda tx: [_json_tx(tx)], _int)
+
+    def _many(self, method: str, txs: Sequence[dict[str, Any]],
+              one: Callable[[dict[str, Any]], T], params: Callable[[dict[str, Any]], list[Any]],
+              convert: Callable[[Any], T]) -> list[T | ContractReverted]:
+        """``method`` for each of ``txs``: one JSON-RPC batch (in chunks) on a node, one call
+        at a time (``one``) in process; a revert in its place, not raised."""
         if self._url is None:
-            out: list[int | ContractReverted] = []
+            out: list[T | ContractReverted] = []
             for tx in txs:
                 try:
-                    out.append(self.estimate_gas(tx))
+                    out.append(one(tx))
                 except ContractReverted as exc:
                     out.append(exc)
             return out
-        results = self._chunks("eth_estimateGas", [[_json_tx(tx)] for tx in txs])
-        return [self._reverted_answer("eth_estimateGas", r) if isinstance(r, _RpcFailure)
-                else _int(r) for r in results]
+        results = self._chunks(method, [params(tx) for tx in txs])
+        return [self._reverted_answer(method, r) if isinstance(r, _RpcFailure) else convert(r)
+                for r in results]
 
     def send_raw_many(self, raws: Sequence[bytes]) -> list[TransactionRejected | None]:
         """:meth:`send_raw` of each, in order; None where the node took it. Raises

@@ -199,38 +199,33 @@ class CreditStore:
                                 .values(next_block=next_block)).rowcount:
                 conn.execute(insert(chain_cursor_table).values(id=1, next_block=next_block))
 
+    def _events(self, table: Table, limit: int, hex_fields: tuple[str, ...] = (),
+                **equal: object) -> list[dict[str, Any]]:
+        """Rows of a mirrored event table, oldest first, where each column named in ``equal``
+        has its value (None: any)."""
+        query = select(table)
+        for column, value in equal.items():
+            if value is not None:
+                query = query.where(table.c[column] == value)
+        with self.store.connection() as conn:
+            rows = conn.execute(query.order_by(table.c.block_number, table.c.log_index)
+                                .limit(limit)).all()
+        return [_event_json(r, hex_fields) for r in rows]
+
     def mints(self, *, owner: str | None = None, project: str | None = None,
               attestation_id: bytes | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Mirrored ``AttestationMinted`` events, oldest first."""
-        t = credit_mint_table
-        query = select(t)
-        if owner is not None:
-            query = query.where(t.c.owner == owner)
-        if project is not None:
-            query = query.where(t.c.project == project)
-        if attestation_id is not None:
-            query = query.where(t.c.attestation_id == attestation_id)
-        with self.store.connection() as conn:
-            rows = conn.execute(query.order_by(t.c.block_number, t.c.log_index)
-                                .limit(limit)).all()
-        return [_event_json(r, ("attestation_id",)) for r in rows]
+        return self._events(credit_mint_table, limit, ("attestation_id",), owner=owner,
+                            project=project, attestation_id=attestation_id)
 
     def retirements(self, *, holder: str | None = None,
                     limit: int = 100) -> list[dict[str, Any]]:
         """Mirrored ``Retired`` events, oldest first."""
-        t = credit_retirement_table
-        query = select(t) if holder is None else select(t).where(t.c.holder == holder)
-        with self.store.connection() as conn:
-            rows = conn.execute(query.order_by(t.c.block_number, t.c.log_index)
-                                .limit(limit)).all()
-        return [_event_json(r) for r in rows]
+        return self._events(credit_retirement_table, limit, holder=holder)
 
     def batches(self, limit: int = 1000) -> list[dict[str, Any]]:
-        t = credit_batch_table
-        with self.store.connection() as conn:
-            rows = conn.execute(select(t).order_by(t.c.block_number, t.c.log_index)
-                                .limit(limit)).all()
-        return [_event_json(r) for r in rows]
+        """Mirrored ``BatchCreated`` events, oldest first."""
+        return self._events(credit_batch_table, limit)
 
     def balances(self, address: str) -> dict[str, int]:
         """Token id -> units ``address`` holds, from the mirrored transfers (ids with a zero
@@ -253,20 +248,9 @@ class CreditStore:
     def chain_events(self, *, contract: str | None = None, event: str | None = None,
                      limit: int = 100) -> list[dict[str, Any]]:
         """Mirrored governance and other events, oldest first."""
-        t = chain_event_table
-        query = select(t)
-        if contract is not None:
-            query = query.where(t.c.contract == contract)
-        if event is not None:
-            query = query.where(t.c.event == event)
-        with self.store.connection() as conn:
-            rows = conn.execute(query.order_by(t.c.block_number, t.c.log_index)
-                                .limit(limit)).all()
-        out = []
-        for r in rows:
-            item = _event_json(r)
+        out = self._events(chain_event_table, limit, contract=contract, event=event)
+        for item in out:
             item["args"] = json.loads(item["args"])
-            out.append(item)
         return out
 
 

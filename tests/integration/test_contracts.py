@@ -113,11 +113,8 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def env(net: Net) -> Iterator[Net]:
-    snapshot = net.chain.snapshot()
-    try:
+    with net.chain.restored():
         yield net
-    finally:
-        net.chain.revert(snapshot)
 
 
 def solar(**changes: Any) -> Attestation:
@@ -342,8 +339,7 @@ def test_off_grid_window_and_window_before_the_first_term_revert(env: Net) -> No
 @given(st.lists(st.integers(0, 40_000), min_size=1, max_size=5))
 def test_fractional_windows_accumulate_without_creating_or_losing_co2e(
         net: Net, quantities: list[int]) -> None:
-    snapshot = net.chain.snapshot()
-    try:
+    with net.chain.restored():
         total_mg = 0
         token_id = 0
         for i, quantity in enumerate(quantities):
@@ -359,8 +355,6 @@ def test_fractional_windows_accumulate_without_creating_or_losing_co2e(
             assert units * UNIT_MG + remainder == total_mg
         batch = net.d.credits.functions.batch(token_id).call()
         assert batch[3] * UNIT_MG + batch[5] == total_mg
-    finally:
-        net.chain.revert(snapshot)
 
 
 # ---------------------------------------------------------------- retirement

@@ -135,11 +135,8 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def env(net: Net) -> Iterator[Net]:
-    snapshot = net.chain.snapshot()
-    try:
+    with net.chain.restored():
         yield net
-    finally:
-        net.chain.revert(snapshot)
 
 
 def watcher(env: Net, **kw: Any) -> ChainWatcher:

@@ -9,7 +9,6 @@ governance proposal from propose to execute.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from eth_abi.abi import decode as abi_decode
 from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 from web3 import EthereumTesterProvider, Web3
@@ -31,12 +29,13 @@ except ImportError:  # pragma: no cover
     class TransactionFailed(Exception):  # type: ignore[no-redef]
         pass
 
+from ledger.chain_node import decode_revert as ledger_decode_revert
+from ledger.chain_node import revert_data
 from senken_core.attestation import Attestation
-from senken_core.credit_contracts import error_signatures, load_artifact
+from senken_core.credit_contracts import load_artifact
 from tests.support.anvil import running_anvil
 
 ZERO_ADDRESS = "0x" + "00" * 20
-_ERRORS = error_signatures()
 # the chain tests run on both: eth-tester in process, and a real anvil (marked integration)
 BACKENDS = ["eth-tester", pytest.param("anvil", marks=pytest.mark.integration)]
 TOKEN_SUPPLY = 10**9 * 10**18  # the governance token's supply (18 decimals)
@@ -217,6 +216,15 @@ class Chain:
     def snapshot(self) -> Any:
         return self.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
 
+    @contextmanager
+    def restored(self) -> Iterator[None]:
+        """Whatever the block runs on the chain is undone after it (a snapshot reverted)."""
+        snapshot = self.snapshot()
+        try:
+            yield
+        finally:
+            self.revert(snapshot)
+
     def revert(self, snapshot: Any) -> None:
         result = self.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
         if "error" in result:
@@ -242,61 +250,16 @@ class Revert:
     args: tuple[Any, ...] = ()
 
 
-def _revert_data(exc: BaseException) -> bytes | None:
-    """The revert data: web3 keeps it as hex in ContractLogicError.data (JSON-RPC nodes);
-    with eth-tester, web3 re-raises TransactionFailed with a message, and the raw bytes are
-    in the original TransactionFailed it was raised while handling."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        data = getattr(seen, "data", None)
-        if isinstance(data, dict):
-            data = data.get("data")
-        if isinstance(data, str) and data.startswith("0x"):
-            return bytes.fromhex(data[2:])
-        if seen.args and isinstance(seen.args[0], bytes):
-            return seen.args[0]
-        if seen.args and isinstance(seen.args[0], Exception):
-            inner = seen.args[0]
-            if inner.args and isinstance(inner.args[0], bytes):
-                return inner.args[0]
-        if seen.args and isinstance(seen.args[0], str):
-            # eth-tester's eth_call path keeps only repr(bytes) in the message
-            text = seen.args[0].removeprefix("execution reverted: ")
-            if text.startswith(("b'", 'b"')):
-                value = ast.literal_eval(text)
-                if isinstance(value, bytes):
-                    return value
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def decode_revert(exc: BaseException) -> Revert:
-    raw = _revert_data(exc)
+    """The custom error ``exc`` carries, decoded as the ledger decodes it
+    (ledger.chain_node); an AssertionError where it carries none or an unknown one."""
+    raw = revert_data(exc)
     if raw is None or len(raw) < 4:
         raise AssertionError(f"revert without custom error data: {exc!r}") from exc
-    signature = _ERRORS.get(raw[:4])
-    if signature is None:
+    name, args = ledger_decode_revert(raw)
+    if name == "unknown":
         raise AssertionError(f"unknown error selector {raw[:4].hex()}: {exc!r}") from exc
-    name, _, types = signature.partition("(")
-    arg_types = _split_types(types[:-1])
-    values = abi_decode(arg_types, raw[4:]) if arg_types else ()
-    return Revert(name, tuple(to_checksum_address(v) if t == "address" else v
-                              for t, v in zip(arg_types, values, strict=True)))
-
-
-def _split_types(spec: str) -> list[str]:
-    out, depth, current = [], 0, ""
-    for ch in spec:
-        if ch == "," and depth == 0:
-            out.append(current)
-            current = ""
-            continue
-        depth += ch == "("
-        depth -= ch == ")"
-        current += ch
-    if current:
-        out.append(current)
-    return out
+    return Revert(name, args)
 
 
 @contextmanager
