@@ -928,6 +928,15 @@ def main() -> None:
                         help="run validator 0 under cProfile and print where its CPU goes "
                              "(it runs slower: use a rate the others keep up with)")
     args = parser.parse_args()
+    rates = [r.strip() for r in (args.rates or "1.2x,1.4x").split(",")]
+    for spec in rates:  # a bad rate is refused here, before anything starts
+        try:
+            ok = float(spec[:-1] if spec.endswith("x") else spec) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(f"--rates: {spec!r} is neither readings/s (> 0) nor a multiple of "
+                         "the target such as 1.2x")
     cores = os.cpu_count() or 1
     model = AnomalyModel.load()
     with sigterm_as_interrupt(), ExitStack() as stack, \
@@ -944,10 +953,6 @@ def main() -> None:
         raw = verify_rate()
         target = 0.5 * cores * raw / N_VALIDATORS
         # "1.2x" is 1.2 times the target at the raw rate measured just before each run
-        rates = (args.rates or "1.2x,1.4x").split(",")
-        for spec in rates:
-            if not spec.endswith("x"):
-                float(spec)  # a bad rate fails here, before anything runs
         print(f"{cores} cores; 4 validators (k = 3), model check "
               f"{'on' if args.model_check else 'OFF'}; {args.devices} devices; "
               f"{args.window_seconds} s windows, grace {args.grace} s, round timeout "

@@ -175,6 +175,24 @@ def token_of(window: CertifiedWindow) -> int:
     return batch_token_id(PROJECT, VINTAGE, window.attestation.methodology)
 
 
+def minted(side: LedgerSide, count: int) -> list[CertifiedWindow]:
+    """``count`` certified windows appended to the ledger and minted."""
+    windows = [side.world.certify(h) for h in range(count)]
+    for w in windows:
+        side.append(w)
+    side.minter().run_until_idle()
+    return windows
+
+
+def retire_as_owner(env: Net, token_id: int, amount: int, beneficiary: str, reason: str,
+                    country: str) -> Any:
+    """The project owner retires ``amount`` units of ``token_id``: its receipt."""
+    call = env.credits().encode_abi("retire", args=[token_id, amount, beneficiary, reason,
+                                                    country])
+    return TxSender(env.node, env.owner_key).transact(env.addresses.credits,
+                                                      bytes.fromhex(call[2:]))
+
+
 # ---------------------------------------------------------------- minting
 
 
@@ -327,16 +345,9 @@ def test_a_dropped_transaction_is_resent_with_its_nonce_and_a_higher_fee(
 
 
 def test_mints_and_a_retirement_appear_in_the_api(side: LedgerSide, env: Net) -> None:
-    windows = [side.world.certify(h) for h in range(2)]
-    for w in windows:
-        side.append(w)
-    side.minter().run_until_idle()
+    windows = minted(side, 2)
     token_id = token_of(windows[0])
-    retire = env.credits().encode_abi("retire", args=[token_id, 100, "Acme GmbH",
-                                                      "2026 emissions", "DE"])
-    receipt = TxSender(env.node, env.owner_key).transact(env.addresses.credits,
-                                                         bytes.fromhex(retire[2:]))
-    assert receipt.status == 1
+    assert retire_as_owner(env, token_id, 100, "Acme GmbH", "2026 emissions", "DE").status == 1
     mirror = ChainMirror(side.credits, env.node, env.addresses, reorg_depth=5)
     mirror.run_until_idle()
     api = TestClient(create_api(side.store, side.ledger, credits=side.credits))
@@ -488,15 +499,10 @@ def test_cast_reads_the_balances_and_retirements_the_ledger_shows(side: LedgerSi
                                                                   env: Net) -> None:
     """An independent check: foundry's ``cast`` reads, from anvil itself, the balances, the
     mint of each attestation and the retirement record that the ledger's API shows."""
-    windows = [side.world.certify(h) for h in range(3)]
-    for w in windows:
-        side.append(w)
-    side.minter().run_until_idle()
+    windows = minted(side, 3)
     token_id = token_of(windows[0])
-    retire = env.credits().encode_abi("retire", args=[token_id, 250, "Stadtwerke Süd",
-                                                      "Scope 2, 2026", "AT"])
-    assert TxSender(env.node, env.owner_key).transact(
-        env.addresses.credits, bytes.fromhex(retire[2:])).status == 1
+    assert retire_as_owner(env, token_id, 250, "Stadtwerke Süd", "Scope 2, 2026",
+                           "AT").status == 1
     ChainMirror(side.credits, env.node, env.addresses, reorg_depth=5).run_until_idle()
     api = TestClient(create_api(side.store, side.ledger, credits=side.credits))
     credits = env.addresses.credits

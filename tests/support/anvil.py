@@ -40,29 +40,26 @@ def ensure_node_modules() -> Path:
     return NODE_MODULES
 
 
-def anvil_binary() -> Path:
-    """The platform binary of @foundry-rs/anvil (not its node wrapper: one process less)."""
+def _foundry_binary(tool: str) -> Path:
+    """The platform binary of @foundry-rs/<tool> (not its node wrapper: one process less)."""
     ensure_node_modules()
     system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
     arch = _ARCH.get(platform.machine().lower(), platform.machine().lower())
-    binary = NODE_MODULES / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / "anvil"
+    binary = NODE_MODULES / "@foundry-rs" / f"{tool}-{system}-{arch}" / "bin" / tool
     if not binary.exists():
-        raise RuntimeError(f"{binary} missing: `npm ci` in contracts/ did not bring anvil for "
-                           f"{system}-{arch}")
+        raise RuntimeError(f"{binary} missing: `npm ci` in contracts/ did not bring {tool} "
+                           f"for {system}-{arch}")
     return binary
+
+
+def anvil_binary() -> Path:
+    """foundry's anvil: the real chain node of the tests."""
+    return _foundry_binary("anvil")
 
 
 def cast_binary() -> Path:
-    """The platform binary of @foundry-rs/cast: foundry's own client, for checks that must
-    not go through this project's code."""
-    ensure_node_modules()
-    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
-    arch = _ARCH.get(platform.machine().lower(), platform.machine().lower())
-    binary = NODE_MODULES / "@foundry-rs" / f"cast-{system}-{arch}" / "bin" / "cast"
-    if not binary.exists():
-        raise RuntimeError(f"{binary} missing: `npm ci` in contracts/ did not bring cast for "
-                           f"{system}-{arch}")
-    return binary
+    """foundry's own client, for checks that must not go through this project's code."""
+    return _foundry_binary("cast")
 
 
 def cast_call(url: str, to: str, signature: str, *args: object) -> str:
