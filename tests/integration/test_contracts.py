@@ -499,7 +499,7 @@ def test_threshold_below_safety_reverts_even_through_governance(env: Net) -> Non
     targets, values, datas = [action[0]], [0], [Web3.to_bytes(hexstr=HexStr(action[1]))]
     description_hash = Web3.keccak(text=description)
     send(d.governor.functions.queue(targets, values, datas, description_hash), env.deployer)
-    env.chain.advance(d.settings.timelock_delay + 1)
+    env.chain.advance(d.settings.timelock_delay_s + 1)
     with reverts("ThresholdBelowSafety", 2, 4):
         d.governor.functions.execute(targets, values, datas, description_hash).transact(
             {"from": env.deployer})

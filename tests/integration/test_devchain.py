@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ledger.chain_node import ChainNode
 from ledger.chain_tx import TxSender
 from ledger.credit_store import CreditStore
-from ledger.deploy import GovernanceSettings, ProjectSpec, deploy_all
+from ledger.deploy import ProjectSpec, deploy_all
 from ledger.devchain import DevChain, DevChainError
 from ledger.minting import MintWorker
 from ledger.service import Ledger
@@ -30,6 +30,7 @@ from ledger.store import LedgerStore
 from senken.cli import cli
 from senken_core.credit_contracts import batch_token_id
 from tests.support.anvil import cast_call
+from tests.support.chain import TEST_GOVERNANCE
 from tests.unit.test_ledger_support import EF, HOUR, PROJECT, World
 
 
@@ -107,7 +108,7 @@ def test_deploy_mint_and_cast_over_the_dev_node(chain: DevChain, tmp_path: Path)
     addresses = deploy_all(node, deployer, [k.address for k in world.validators], 3,
                            [ProjectSpec(PROJECT, addresses_of[2], window_seconds=HOUR,
                                         grid_ef_g_per_kwh=EF)],
-                           settings=GovernanceSettings(60, 3600, 0, 4, 600))
+                           settings=TEST_GOVERNANCE)
 
     class Here(World):
         def network_dict(self) -> dict[str, object]:

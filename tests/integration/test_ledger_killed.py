@@ -25,10 +25,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ledger.chain_events import EventCodec
 from ledger.chain_node import ChainNode
 from ledger.chain_tx import TxSender
-from ledger.deploy import Addresses, GovernanceSettings, ProjectSpec, deploy_all
+from ledger.deploy import Addresses, ProjectSpec, deploy_all
 from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.topics import registry_topic, validator_topic
 from tests.support.anvil import rpc, running_anvil
+from tests.support.chain import TEST_GOVERNANCE
 from tests.support.ledger import LedgerProcess, get_json
 from tests.support.mosquitto import free_port
 from tests.support.waiting import wait_until
@@ -82,7 +83,7 @@ class Setup:
         self.addresses = deploy_all(
             self.node, deployer, [k.address for k in world_validators], 3,
             [ProjectSpec(PROJECT, self.owner, window_seconds=HOUR, grid_ef_g_per_kwh=EF)],
-            settings=GovernanceSettings(60, 3600, 0, 4, 600))
+            settings=TEST_GOVERNANCE)
         self.world = ChainWorld(f"kill-{uuid.uuid4().hex[:8]}/v1", self.addresses, self.owner)
         network = self.world.write(tmp / "network.toml")
         self.addresses.save(tmp / "addresses.json")

@@ -33,7 +33,7 @@ from ledger.chain_node import ChainNode
 from ledger.chain_tx import TxSender
 from ledger.config import ChainConfig
 from ledger.credit_store import CreditStore
-from ledger.deploy import Addresses, GovernanceSettings, ProjectSpec, deploy_all
+from ledger.deploy import Addresses, ProjectSpec, deploy_all
 from ledger.minting import MintHooks, MintWorker
 from ledger.service import Ledger
 from ledger.store import LedgerStore
@@ -42,13 +42,11 @@ from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.evidence import CertifiedWindow
 from senken_core.secp256k1 import ValidatorKey
 from tests.support.anvil import cast_call, running_anvil
-from tests.support.chain import BACKENDS, fresh_chain
+from tests.support.chain import BACKENDS, TEST_GOVERNANCE, fresh_chain
 from tests.support.postgres import fresh_database
 from tests.support.waiting import wait_until
 from tests.unit.test_ledger_support import EF, HOUR, PROJECT, World
 
-TEST_GOVERNANCE = GovernanceSettings(voting_delay_s=60, voting_period_s=3600,
-                                     timelock_delay_s=600)
 VINTAGE = 2026  # T0 (tests/unit/test_ledger_support.py) is in November 2026
 
 

@@ -29,7 +29,7 @@ from web3 import Web3
 from firmware_sim.device import SimulatedDevice
 from ledger.chain_node import ChainNode
 from ledger.chain_tx import TxSender
-from ledger.deploy import Addresses, GovernanceSettings, deploy_network
+from ledger.deploy import Addresses, deploy_network
 from senken_core.credit_contracts import batch_token_id, load_artifact
 from senken_core.evidence import CertifiedWindow, check_certified_window
 from senken_core.keys import READING_TAG, DeviceKey
@@ -40,6 +40,7 @@ from senken_core.secp256k1 import ValidatorKey, recover_address
 from senken_core.topics import device_topic, registry_topic
 from tests.support.agent import AgentProcess, make_device
 from tests.support.anvil import running_anvil
+from tests.support.chain import TEST_GOVERNANCE
 from tests.support.ledger import LedgerProcess, get_json
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.postgres import fresh_database
@@ -127,7 +128,7 @@ def deploy_contracts(url: str, tmp_path: Path, network_file: Path) -> tuple[Addr
                                       "to": TxSender(node, key).address})
         w3.eth.wait_for_transaction_receipt(tx, timeout=30)
     addresses = deploy_network(node, deployer, load_network_config(network_file),
-                               settings=GovernanceSettings(60, 3600, 0, 4, 600))
+                               settings=TEST_GOVERNANCE)
     key_file = tmp_path / "minter.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover
 
 from ledger.chain_node import decode_revert as ledger_decode_revert
 from ledger.chain_node import revert_data
+from ledger.deploy import GovernanceSettings
 from senken_core.attestation import Attestation
 from senken_core.credit_contracts import load_artifact
 from tests.support.anvil import running_anvil
@@ -63,19 +64,14 @@ class ProjectSpec:
     effective_from: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class GovernanceSettings:
-    """Governor and timelock parameters; seconds (the token's clock is the timestamp)."""
-
-    voting_delay: int = 60
-    voting_period: int = 3600
-    proposal_threshold: int = 0
-    quorum_percent: int = 4
-    timelock_delay: int = 600
-
-
-# votes and the timelock in seconds and blocks, for tests that run whole proposals
-FAST_GOVERNANCE = GovernanceSettings(voting_delay=1, voting_period=3, timelock_delay=1)
+# governance in minutes for tests (the product's defaults are days), and in seconds for
+# tests that run whole proposals
+TEST_GOVERNANCE = GovernanceSettings(voting_delay_s=60, voting_period_s=3600,
+                                     proposal_threshold_votes=0, quorum_percent=4,
+                                     timelock_delay_s=600)
+FAST_GOVERNANCE = GovernanceSettings(voting_delay_s=1, voting_period_s=3,
+                                     proposal_threshold_votes=0, quorum_percent=4,
+                                     timelock_delay_s=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +152,7 @@ def deploy_all_with_receipts(
     base_uri: str = "https://credits.senken.example/", projects: Sequence[ProjectSpec] = (),
 ) -> Deployment:
     """:func:`deploy_all`, returning contract objects and the deployment receipts too."""
-    s = settings or GovernanceSettings()
+    s = settings or TEST_GOVERNANCE
     receipts: dict[str, TxReceipt] = {}
     members = [to_checksum_address(v) for v in validators]
 
@@ -166,9 +162,9 @@ def deploy_all_with_receipts(
 
     token = deploy("SenkenToken", "Senken Governance", "SKG", token_holder or deployer,
                    token_supply)
-    timelock = deploy("SenkenTimelock", s.timelock_delay, [], [ZERO_ADDRESS], deployer)
-    governor = deploy("SenkenGovernor", token, timelock, s.voting_delay, s.voting_period,
-                      s.proposal_threshold, s.quorum_percent)
+    timelock = deploy("SenkenTimelock", s.timelock_delay_s, [], [ZERO_ADDRESS], deployer)
+    governor = deploy("SenkenGovernor", token, timelock, s.voting_delay_s, s.voting_period_s,
+                      s.proposal_threshold_votes, s.quorum_percent)
     validator_set = deploy("ValidatorSet", deployer, members, threshold)
     registry = deploy("ProjectRegistry", deployer)
     credits = deploy("SenkenCredits", deployer, validator_set, registry, base_uri)
@@ -304,17 +300,17 @@ def pass_proposal(d: Deployment, chain: Chain, proposer: str,
                                                           description), proposer)
     proposal_id = d.governor.functions.hashProposal(targets, values, calldatas,
                                                     description_hash).call()
-    chain.advance(s.voting_delay + 1)
+    chain.advance(s.voting_delay_s + 1)
     for i, (voter, support) in enumerate(votes):
         record[f"castVote {i}"] = send(d.governor.functions.castVote(proposal_id, support),
                                        voter)
-    chain.advance(s.voting_period + 1)
+    chain.advance(s.voting_period_s + 1)
     state = proposal_state(d, proposal_id)
     if state != "Succeeded" or not execute:
         return proposal_id, state
     record["queue"] = send(d.governor.functions.queue(targets, values, calldatas,
                                                       description_hash), proposer)
-    chain.advance(s.timelock_delay + 1)
+    chain.advance(s.timelock_delay_s + 1)
     record["execute"] = send(d.governor.functions.execute(targets, values, calldatas,
                                                           description_hash), proposer)
     return proposal_id, proposal_state(d, proposal_id)
